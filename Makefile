@@ -1,0 +1,71 @@
+# oodcache: run the network once, then tune and report every OOD method from the cache.
+# Targets only call the CLI; file targets let make skip finished work.
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OODCACHE := $(BIN)/oodcache
+STAMP := $(VENV)/.installed
+
+ARCH ?= digits_resnet
+BENCH ?= digits
+DATA ?=
+WEIGHTS ?=
+METHOD ?= all
+TRIALS ?= 40
+SEED ?= 0
+
+OUT := cache/$(BENCH)/$(ARCH)
+CACHE := $(OUT)/cache.h5
+METHODS := $(sort $(filter-out __init__,$(basename $(notdir $(wildcard oodcache/search/methods/*.py)))))
+SEARCHED := $(if $(filter all,$(METHOD)),$(METHODS),$(METHOD))
+BEST := $(foreach m,$(SEARCHED),$(OUT)/best/$(m).json)
+
+help: ## list the targets and variables
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 10
+	@echo "variables: ARCH=$(ARCH) BENCH=$(BENCH) DATA=$(DATA) METHOD=$(METHOD) TRIALS=$(TRIALS) SEED=$(SEED)"
+	@echo "methods: $(METHODS)"
+
+env: $(STAMP) ## create .venv and install oodcache with its test tools (first use only)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+lint: $(STAMP) ## ruff check, ruff format --check, mypy
+	$(BIN)/ruff check oodcache tests benchmarks
+	$(BIN)/ruff format --check oodcache tests benchmarks
+	$(BIN)/mypy oodcache
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix oodcache tests benchmarks
+	$(BIN)/ruff format oodcache tests benchmarks
+
+test: $(STAMP) ## run the test suite on CPU
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP) ## whole pipeline on the embedded digits benchmark: train, extract, search all, report
+	$(OODCACHE) demo --trials $(TRIALS) --seed $(SEED)
+
+extract: $(CACHE) ## run the network once and write the HDF5 cache (ARCH= BENCH= DATA= WEIGHTS=)
+$(CACHE): | $(STAMP)
+	$(OODCACHE) extract --arch $(ARCH) --benchmark $(BENCH) --out $@ \
+		$(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS))
+
+search: $(BEST) ## tune METHOD (default: all) from the cache with Optuna; reruns add trials
+$(OUT)/best/%.json: oodcache/search/methods/%.py $(CACHE) | $(STAMP)
+	$(OODCACHE) search --cache $(CACHE) --method $* --trials $(TRIALS) --seed $(SEED)
+
+score: $(BEST) ## replay the best parameters on every split and write score files
+	$(OODCACHE) score --cache $(CACHE) --best-all
+
+report: $(OUT)/report/report.md ## metrics table (Markdown, CSV) of every searched method
+$(OUT)/report/report.md: $(BEST) | $(STAMP)
+	$(OODCACHE) report --cache $(CACHE)
+
+bench: $(STAMP) ## performance figures: stage wall times, NAC trials/s, extraction images/s
+	$(BIN)/python benchmarks/bench_pipeline.py

@@ -1,0 +1,3 @@
+from oodcache.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,268 @@
+"""Validating, read-only reader of the HDF5 cache. Every array it returns is read-only.
+
+``Cache(path, allowed_roles=SEARCH_ROLES)`` is what the search stage uses: loading a split whose role
+is not allowed (ID test, near- or far-OOD test) raises :class:`LeakageError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from oodcache.cache import schema
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+class CacheError(ValueError):
+    """The file is not a complete, readable oodcache cache of a supported version."""
+
+
+class LeakageError(PermissionError):
+    """Tuning code asked for a test split (ID test, near- or far-OOD)."""
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split's cached arrays, all read-only. ``head(h)`` recomputes logits as ``h @ Wᵀ + b``.
+
+    Attributes:
+        labels: (N,) int64, class index or -1 for OOD.
+        logits: (N, K) float32.
+        features: (N, D) float32, penultimate features (input of the last linear layer).
+        activations, gradients: layer -> (N, C) float32, spatially summed per channel.
+        weight, bias: (K, D) and (K,) float32, the last linear layer.
+    """
+
+    name: str
+    role: str
+    dataset: str
+    labels: IntArray
+    logits: FloatArray
+    features: FloatArray
+    weight: FloatArray
+    bias: FloatArray
+    activations: dict[str, FloatArray] = field(default_factory=dict)
+    gradients: dict[str, FloatArray] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.shape[0])
+
+    def head(self, h: np.ndarray) -> FloatArray:
+        """Logits of (possibly reshaped) penultimate features: ``h @ Wᵀ + b``, shape (N, K)."""
+        return np.asarray(h @ self.weight.T + self.bias, dtype=np.float32)
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [_attr(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class Cache:
+    """A complete oodcache file opened for reading.
+
+    Args:
+        path: the ``.h5`` file.
+        allowed_roles: if given, only splits with these roles can be loaded (search uses
+            ``schema.SEARCH_ROLES``); others raise :class:`LeakageError`.
+    """
+
+    def __init__(self, path: Path | str, *, allowed_roles: Collection[str] | None = None) -> None:
+        self.path = Path(path)
+        self.allowed_roles = frozenset(allowed_roles) if allowed_roles is not None else None
+        if not self.path.is_file():
+            hint = ""
+            if self.path.with_name(self.path.name + ".tmp").exists():
+                hint = " (a .tmp file exists: an extraction is running or was interrupted; rerun it)"
+            raise CacheError(f"no cache at {self.path}{hint}; create one with `oodcache extract`")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as err:
+            raise CacheError(f"{self.path} is not a readable HDF5 file: {err}") from err
+        try:
+            self._validate()
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _validate(self) -> None:
+        a = self.file.attrs
+        if _attr(a.get("format")) != schema.FORMAT:
+            raise CacheError(f"{self.path} is not an oodcache cache (attribute format != 'oodcache')")
+        missing = [k for k in schema.REQUIRED_ATTRS if k not in a]
+        if missing:
+            raise CacheError(f"{self.path}: missing root attributes {missing}")
+        version = int(a["format_version"])
+        if version > schema.FORMAT_VERSION:
+            raise CacheError(
+                f"{self.path} has format_version {version}, newer than this oodcache "
+                f"({schema.FORMAT_VERSION}); upgrade oodcache"
+            )
+        if version < 1:
+            raise CacheError(f"{self.path}: invalid format_version {version}")
+        if not bool(a[schema.COMPLETE]):
+            raise CacheError(f"{self.path} is incomplete (extraction did not finish); rerun extract")
+        for name in (f"{schema.HEAD}/weight", f"{schema.HEAD}/bias", schema.SPLITS):
+            if name not in self.file:
+                raise CacheError(f"{self.path}: missing /{name}")
+        k = self.num_classes
+        w = self.file[f"{schema.HEAD}/weight"]
+        if w.shape[0] != k or self.file[f"{schema.HEAD}/bias"].shape != (k,):
+            raise CacheError(f"{self.path}: head shapes {w.shape} do not match num_classes={k}")
+        for name, g in self.file[schema.SPLITS].items():
+            role = _attr(g.attrs.get("role"))
+            if role not in schema.ROLES:
+                raise CacheError(f"{self.path}: split {name!r} has unknown role {role!r}")
+            for ds in ("labels", "logits", "features"):
+                if ds not in g:
+                    raise CacheError(f"{self.path}: split {name!r} lacks {ds!r}")
+            n = g["labels"].shape[0]
+            if g["logits"].shape != (n, k) or g["features"].shape != (n, w.shape[1]):
+                raise CacheError(f"{self.path}: split {name!r} has inconsistent shapes")
+
+    # ----------------------------------------------------------------- metadata
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {k: _attr(v) for k, v in self.file.attrs.items()}
+
+    @property
+    def arch(self) -> str:
+        return str(_attr(self.file.attrs["arch"]))
+
+    @property
+    def benchmark(self) -> str:
+        return str(_attr(self.file.attrs["benchmark"]))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.file.attrs["num_classes"])
+
+    @property
+    def layers(self) -> list[str]:
+        return [str(x) for x in _attr(self.file.attrs["layers"])]
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.file[f"{schema.HEAD}/weight"].shape[1])
+
+    def config(self) -> dict[str, Any]:
+        raw = _attr(self.file.attrs.get("config", "{}"))
+        return dict(json.loads(raw))
+
+    @property
+    def roles(self) -> dict[str, str]:
+        """Split name -> role, in file order."""
+        return {n: str(_attr(g.attrs["role"])) for n, g in self.file[schema.SPLITS].items()}
+
+    def names(self, role: str) -> list[str]:
+        return [n for n, r in self.roles.items() if r == role]
+
+    def size(self, name: str) -> int:
+        return int(self.file[f"{schema.SPLITS}/{name}/labels"].shape[0])
+
+    def has_layers(self, name: str) -> bool:
+        return schema.LAYERS in self.file[f"{schema.SPLITS}/{name}"]
+
+    def fingerprint(self) -> str:
+        """Content hash (head, split names/roles/sizes, arch, benchmark, weights) naming this cache."""
+        h = hashlib.sha256()
+        for key in ("arch", "benchmark", "weights_sha256", "format_version"):
+            h.update(repr(_attr(self.file.attrs.get(key, ""))).encode())
+        h.update(np.ascontiguousarray(self.file[f"{schema.HEAD}/weight"][()]).tobytes())
+        h.update(np.ascontiguousarray(self.file[f"{schema.HEAD}/bias"][()]).tobytes())
+        for name, role in self.roles.items():
+            h.update(f"{name}:{role}:{self.size(name)}".encode())
+            h.update(np.ascontiguousarray(self.file[f"{schema.SPLITS}/{name}/logits"][:8]).tobytes())
+        return h.hexdigest()[:16]
+
+    def iter_datasets(self) -> Iterator[tuple[str, h5py.Dataset]]:
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                found.append((name, obj))
+
+        found: list[tuple[str, h5py.Dataset]] = []
+        self.file.visititems(visit)
+        return iter(found)
+
+    # ----------------------------------------------------------------- arrays
+    def head(self) -> tuple[FloatArray, FloatArray]:
+        w = _frozen(np.asarray(self.file[f"{schema.HEAD}/weight"][()], dtype=np.float32))
+        b = _frozen(np.asarray(self.file[f"{schema.HEAD}/bias"][()], dtype=np.float32))
+        return w, b
+
+    def load(self, name: str, *, layers: bool = True) -> Split:
+        """Read one split into memory (read-only arrays).
+
+        Raises:
+            KeyError: no such split (the message lists the splits there are).
+            LeakageError: the split's role is not in ``allowed_roles``.
+        """
+        roles = self.roles
+        if name not in roles:
+            raise KeyError(f"{self.path} has no split {name!r}; splits: {list(roles)}")
+        role = roles[name]
+        if self.allowed_roles is not None and role not in self.allowed_roles:
+            raise LeakageError(
+                f"split {name!r} has role {role!r}, which this stage may not read "
+                f"(allowed: {sorted(self.allowed_roles)}); test splits are for `oodcache score/report`"
+            )
+        g = self.file[f"{schema.SPLITS}/{name}"]
+        w, b = self.head()
+
+        def arr(ds: h5py.Dataset, dtype: type) -> np.ndarray:
+            return _frozen(np.asarray(ds[()], dtype=dtype))
+
+        acts: dict[str, FloatArray] = {}
+        grads: dict[str, FloatArray] = {}
+        if layers and schema.LAYERS in g:
+            for layer in self.layers:
+                lg = g[f"{schema.LAYERS}/{layer}"]
+                acts[layer] = arr(lg[schema.ACTIVATION], np.float32)
+                grads[layer] = arr(lg[schema.GRADIENT], np.float32)
+        return Split(
+            name=name,
+            role=role,
+            dataset=str(_attr(g.attrs.get("dataset", name))),
+            labels=arr(g["labels"], np.int64),
+            logits=arr(g["logits"], np.float32),
+            features=arr(g["features"], np.float32),
+            weight=w,
+            bias=b,
+            activations=acts,
+            gradients=grads,
+        )
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,35 @@
+"""Names of the public cache format (``docs/cache-format.md``). Change them only with FORMAT_VERSION."""
+
+from __future__ import annotations
+
+FORMAT = "oodcache"
+FORMAT_VERSION = 1
+
+#: Every split role. ``train`` holds ID-train features and logits only (no per-layer arrays).
+ROLES = ("fit", "sanity", "id_val", "id_test", "ood_val", "near", "far", "train")
+#: Roles that tuning may read. Test roles are reserved for final evaluation.
+SEARCH_ROLES = frozenset({"fit", "sanity", "id_val", "ood_val", "train"})
+TEST_ROLES = frozenset({"id_test", "near", "far"})
+#: Roles whose samples are in-distribution (labels >= 0); the others have label -1.
+ID_ROLES = frozenset({"fit", "sanity", "id_val", "id_test", "train"})
+#: Roles stored without per-layer activations and gradients.
+FEATURES_ONLY_ROLES = frozenset({"train"})
+
+OOD_LABEL = -1
+SPLITS = "splits"
+HEAD = "head"
+LAYERS = "layers"
+ACTIVATION = "activation"
+GRADIENT = "gradient"
+COMPLETE = "complete"
+
+#: Root attributes every complete cache carries.
+REQUIRED_ATTRS = (
+    "format",
+    "format_version",
+    "arch",
+    "benchmark",
+    "num_classes",
+    "layers",
+    COMPLETE,
+)

@@ -1,0 +1,227 @@
+"""Atomic HDF5 cache writer: ``<name>.tmp`` is written, closed and renamed; ``complete`` is set last.
+
+A lock file next to the output refuses a second writer; a process killed mid-write leaves only the
+temporary file, which the next run removes. Nothing that looks complete is ever partial.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from oodcache.cache import schema
+
+log = logging.getLogger(__name__)
+
+
+class CacheLockedError(RuntimeError):
+    """Another live process is writing the same cache."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Lock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def acquire(self) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _pid_alive(pid) and pid != os.getpid():
+                    raise CacheLockedError(
+                        f"{self.path} is held by running process {pid}; wait for it to finish "
+                        f"or stop it (a stale lock from a dead process is removed automatically)"
+                    ) from None
+                log.warning("removing stale lock %s (process %s is gone)", self.path, pid)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            return
+        raise CacheLockedError(f"could not take the lock {self.path}")
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class SplitWriter:
+    """Rows of one split, written batch by batch into pre-allocated, row-chunked datasets."""
+
+    def __init__(self, group: h5py.Group, n: int) -> None:
+        self.group = group
+        self.n = n
+        self.filled = 0
+
+    def write(
+        self,
+        *,
+        labels: npt.ArrayLike,
+        logits: npt.ArrayLike,
+        features: npt.ArrayLike,
+        activations: Mapping[str, npt.ArrayLike] | None = None,
+        gradients: Mapping[str, npt.ArrayLike] | None = None,
+    ) -> None:
+        lab = np.asarray(labels, dtype=np.int64)
+        stop = self.filled + len(lab)
+        if stop > self.n:
+            raise ValueError(f"split {self.group.name}: {stop} rows written, {self.n} declared")
+        rows = slice(self.filled, stop)
+        arrays = {"labels": lab, "logits": logits, "features": features}
+        for name, value in arrays.items():
+            self.group[name][rows] = value
+        for kind, values in ((schema.ACTIVATION, activations), (schema.GRADIENT, gradients)):
+            for layer, value in (values or {}).items():
+                self.group[f"{schema.LAYERS}/{layer}/{kind}"][rows] = value
+        self.filled = stop
+
+    def close(self) -> None:
+        if self.filled != self.n:
+            raise ValueError(f"split {self.group.name}: {self.filled} of {self.n} rows written")
+
+
+class CacheWriter:
+    """Context manager writing one cache file atomically.
+
+    Example:
+        with CacheWriter(path, attrs=..., weight=W, bias=b, layers=["avgpool", ...]) as w:
+            s = w.create_split("id_val", role="id_val", dataset="digits", n=N, channels={...}, dim=D)
+            s.write(labels=..., logits=..., features=..., activations=..., gradients=...)
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        attrs: Mapping[str, Any],
+        weight: npt.ArrayLike,
+        bias: npt.ArrayLike,
+        layers: Sequence[str],
+    ) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.lock = _Lock(self.path.with_name(self.path.name + ".lock"))
+        self.attrs = dict(attrs)
+        self.weight = np.asarray(weight, dtype=np.float32)
+        self.bias = np.asarray(bias, dtype=np.float32)
+        self.layers = list(layers)
+        self.splits: list[SplitWriter] = []
+        self.file: h5py.File | None = None
+
+    def __enter__(self) -> CacheWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        try:
+            self.tmp.unlink(missing_ok=True)
+            self.file = h5py.File(self.tmp, "w")
+            a = self.file.attrs
+            a["format"] = schema.FORMAT
+            a["format_version"] = schema.FORMAT_VERSION
+            a["layers"] = self.layers
+            a["num_classes"] = int(self.weight.shape[0])
+            for key, value in self.attrs.items():
+                a[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
+            a[schema.COMPLETE] = False
+            head = self.file.create_group(schema.HEAD)
+            head.create_dataset("weight", data=self.weight)
+            head.create_dataset("bias", data=self.bias)
+            self.file.create_group(schema.SPLITS)
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def create_split(
+        self,
+        name: str,
+        *,
+        role: str,
+        dataset: str,
+        n: int,
+        dim: int,
+        channels: Mapping[str, int],
+        attrs: Mapping[str, Any] | None = None,
+    ) -> SplitWriter:
+        if role not in schema.ROLES:
+            raise ValueError(f"split {name!r}: unknown role {role!r}; roles: {schema.ROLES}")
+        if n <= 0:
+            raise ValueError(f"split {name!r} has no samples; every split needs at least one")
+        assert self.file is not None, "use CacheWriter as a context manager"
+        g = self.file[schema.SPLITS].create_group(name)
+        g.attrs["role"] = role
+        g.attrs["dataset"] = dataset
+        for key, value in (attrs or {}).items():
+            g.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
+        k = int(self.weight.shape[0])
+
+        def make(path: str, width: int | None, dtype: type) -> None:
+            shape = (n,) if width is None else (n, width)
+            rows = max(1, min(n, (1 << 20) // (4 * (width or 1))))
+            chunks = (rows,) if width is None else (rows, width)
+            g.create_dataset(path, shape=shape, dtype=dtype, chunks=chunks)
+
+        make("labels", None, np.int64)
+        make("logits", k, np.float32)
+        make("features", dim, np.float32)
+        if role not in schema.FEATURES_ONLY_ROLES:
+            for layer in self.layers:
+                make(f"{schema.LAYERS}/{layer}/{schema.ACTIVATION}", channels[layer], np.float32)
+                make(f"{schema.LAYERS}/{layer}/{schema.GRADIENT}", channels[layer], np.float32)
+        writer = SplitWriter(g, n)
+        self.splits.append(writer)
+        return writer
+
+    def _abort(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()
+            finally:
+                self.file = None
+        self.tmp.unlink(missing_ok=True)
+        self.lock.release()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        assert self.file is not None
+        try:
+            for split in self.splits:
+                split.close()
+            self.file.attrs[schema.COMPLETE] = True
+            self.file.flush()
+            self.file.close()
+            self.file = None
+            os.replace(self.tmp, self.path)
+            log.info("wrote %s", self.path)
+        except BaseException:
+            self._abort()
+            raise
+        self.lock.release()

@@ -1,0 +1,96 @@
+"""Forward hooks that keep chosen layer outputs in the autograd graph, and their per-channel pooling.
+
+One ``torch.autograd.grad`` call per batch then gives, for every recorded layer, the gradient of the
+uniform-target cross-entropy L(x) = −(1/K)·Σₖ log softmax(f(x))ₖ (NAC's loss; ∂L/∂f = p − u). In eval
+mode BatchNorm does not couple samples, so the batch-summed loss yields per-sample gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+REDUCTIONS = ("sum_hw", "sum_tokens", "cls_token")
+
+
+def kl_to_uniform(logits: Tensor) -> Tensor:
+    """Per-sample uniform-target cross-entropy −(1/K)·Σₖ log softmax(f)ₖ = KL(u‖p) + log K, shape (N,)."""
+    return -torch.log_softmax(logits, dim=1).mean(dim=1)
+
+
+def pool(t: Tensor, reduction: str) -> Tensor:
+    """Per-channel summary (N, C) of a layer output, as the official NAC code pools it.
+
+    ``sum_hw``: (N, C, H, W) summed over H, W (a (N, C) output passes through); ``sum_tokens``:
+    (N, T, C) summed over all tokens; ``cls_token``: (N, T, C) token 0 only.
+    """
+    if reduction == "sum_hw":
+        return t.flatten(2).sum(2) if t.dim() > 2 else t
+    if reduction == "sum_tokens":
+        return t.sum(1)
+    if reduction == "cls_token":
+        return t[:, 0]
+    raise ValueError(f"unknown reduction {reduction!r}; choose from {REDUCTIONS}")
+
+
+class LayerRecorder:
+    """Context manager: keeps the output of each named module (alias -> module name) and the input
+    of the head module (the penultimate features) for the latest forward pass."""
+
+    def __init__(self, model: nn.Module, layers: Mapping[str, str], head: str) -> None:
+        named = dict(model.named_modules())
+        wanted = set(layers.values()) | {head}
+        if unknown := sorted(wanted - named.keys()):
+            raise KeyError(
+                f"no modules named {unknown}; valid names: {[n for n in named if n]} "
+                "(`oodcache layers --arch A` lists them with output shapes)"
+            )
+        self.out: dict[str, Tensor] = {}
+        self.features: Tensor | None = None
+        self.handles = [
+            named[m].register_forward_hook(partial(self._keep, a)) for a, m in layers.items()
+        ]
+        self.handles.append(named[head].register_forward_pre_hook(self._keep_input))
+
+    def _keep(self, alias: str, module: nn.Module, args: Any, output: Tensor) -> None:
+        self.out[alias] = output
+
+    def _keep_input(self, module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        self.features = args[0]
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def __enter__(self) -> LayerRecorder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def record_batch(
+    model: nn.Module, x: Tensor, rec: LayerRecorder, reductions: Mapping[str, str]
+) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """Forward + one backward for a batch: logits, features, pooled activations and gradients (CPU fp32)."""
+    with torch.enable_grad():
+        logits = model(x)
+        aliases = list(reductions)
+        outs = [rec.out[a] for a in aliases]
+        grads = torch.autograd.grad(kl_to_uniform(logits).sum(), outs)
+    assert rec.features is not None
+    acts = {a: pool(o.detach(), reductions[a]).float().cpu() for a, o in zip(aliases, outs)}
+    gs = {a: pool(g.detach(), reductions[a]).float().cpu() for a, g in zip(aliases, grads)}
+    feats = rec.features.detach().flatten(1).float().cpu()
+    return logits.detach().float().cpu(), feats, acts, gs
