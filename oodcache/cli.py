@@ -1,0 +1,316 @@
+"""Command line: ``oodcache <command> --help`` explains each command. Only this module prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from oodcache import __version__
+from oodcache.config import CACHE_ROOT, ConfigError, available, cache_path
+
+log = logging.getLogger("oodcache")
+
+EPILOG = """\
+typical run (embedded benchmark, no download):
+  oodcache extract                      # train the small model on first use, write the cache
+  oodcache search --method nac          # Optuna study beside the cache; rerun to add trials
+  oodcache report                       # metrics table of every searched method
+or all at once:  oodcache demo
+"""
+
+
+def _cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=cache_path("digits", "digits_resnet"),
+        help="cache file (default: %(default)s)",
+    )
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trials", type=int, default=40, help="trials to add to the study (default: %(default)s)")
+    p.add_argument("--until", type=int, default=None, help="instead: top the study up to N finished trials")
+    p.add_argument("--timeout", type=float, default=None, help="stop adding trials after this many seconds")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default: %(default)s)")
+    p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler (default: tpe)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oodcache",
+        description="Cache-then-search evaluation of post-hoc OOD detectors: run the network once, "
+        "write logits, features and per-layer activations/gradients to HDF5, then tune and report "
+        "every method from that cache on a CPU.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"oodcache {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("extract", help="run the network once and write the HDF5 cache",
+                       description="Run the network once over every split of a benchmark and write "
+                       "logits, penultimate features, pooled per-layer activations and gradients "
+                       "(uniform-target cross-entropy), the head and provenance to one HDF5 file, "
+                       "atomically. The digits model is trained on the CPU on first use.")
+    p.add_argument("--arch", default="digits_resnet", help=f"architecture config (available: {available('archs')})")
+    p.add_argument("--benchmark", default="digits", help=f"benchmark config (available: {available('benchmarks')})")
+    p.add_argument("--out", type=Path, default=None, help="cache file (default: cache/<benchmark>/<arch>/cache.h5)")
+    p.add_argument("--weights", type=Path, default=None, help="weights file (state dict; loaded with weights_only=True)")
+    p.add_argument("--data", type=Path, default=None, help="root folder of the benchmark's images")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward/backward pass")
+
+    p = sub.add_parser("info", help="describe a cache: splits, roles, sizes, layers, dtypes, provenance")
+    p.add_argument("cache", type=Path, nargs="?", default=cache_path("digits", "digits_resnet"))
+
+    p = sub.add_parser("methods", help="list every method: inputs, statistics split, defaults, space")
+
+    sub.add_parser("archs", help="list the architecture configs")
+    sub.add_parser("benchmarks", help="list the benchmark configs and their splits")
+
+    p = sub.add_parser("search", help="tune a method's hyperparameters from the cache with Optuna",
+                       description="Create or resume the Optuna study of (cache, method), persisted "
+                       "beside the cache, maximising AUROC of ID val vs OOD val. The official defaults "
+                       "are enqueued as trial 0. Test splits are never read. Writes best/<method>.json.")
+    _cache_arg(p)
+    p.add_argument("--method", default="all", help="method key, or 'all' (default) - see `oodcache methods`")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage: a journal file path (default: studies/<method>.journal beside "
+                   "the cache) or a database URL such as sqlite:///studies.db")
+    _add_search_args(p)
+
+    p = sub.add_parser("score", help="write one score per sample of a split (higher = more ID)",
+                       description="Refit a method on its statistics splits and score one split, "
+                       "in split order; or with --best-all write score files of every searched method.")
+    _cache_arg(p)
+    p.add_argument("--method", help="method key")
+    p.add_argument("--split", help="split name (see `oodcache info`)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--params", help='parameters as a JSON object, e.g. \'{"percentile": 90}\'')
+    g.add_argument("--best", action="store_true", help="use the tuned parameters (best/<method>.json)")
+    p.add_argument("--out", type=Path, help="output .npy file")
+    p.add_argument("--best-all", action="store_true", help="score every split for every searched method")
+
+    p = sub.add_parser("report", help="metrics of every searched method on the test splits (Markdown, CSV)")
+    _cache_arg(p)
+    p.add_argument("--fpr", choices=("classic", "openood"), default="classic",
+                   help="FPR@95 convention: classic = OOD accepted at 95%% ID recall (default)")
+
+    p = sub.add_parser("demo", help="the whole pipeline on the embedded digits benchmark")
+    p.add_argument("--root", type=Path, default=CACHE_ROOT, help="output root (default: %(default)s)")
+    p.add_argument("--trials", type=int, default=40, help="finished trials per method study (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from oodcache.extract.run import extract
+
+    out = args.out or cache_path(args.benchmark, args.arch)
+    extract(args.arch, args.benchmark, out, weights=args.weights, data=args.data,
+            batch_size=args.batch_size, progress=not args.quiet)
+    print(f"cache written: {out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from oodcache.cache import Cache
+
+    with Cache(args.cache) as cache:
+        attrs = cache.attrs
+        print(f"{cache.path}  format {attrs['format']} v{attrs['format_version']}  "
+              f"fingerprint {cache.fingerprint()}")
+        print(f"arch {cache.arch}  benchmark {cache.benchmark}  classes {cache.num_classes}  "
+              f"feature dim {cache.feature_dim}")
+        print(f"layers: {', '.join(cache.layers)}")
+        print(f"\n{'split':<14}{'role':<9}{'dataset':<20}{'n':>7}  layers")
+        for name, role in cache.roles.items():
+            g = cache.file[f"splits/{name}"]
+            print(f"{name:<14}{role:<9}{g.attrs.get('dataset', ''):<20}{cache.size(name):>7}  "
+                  f"{'yes' if cache.has_layers(name) else 'no'}")
+        print("\narrays:")
+        for path, ds in cache.iter_datasets():
+            if path.startswith("splits/") and not path.startswith(f"splits/{next(iter(cache.roles))}/"):
+                continue
+            print(f"  /{path:<40} {str(ds.shape):<14} {ds.dtype}")
+        print("  (shapes shown for the first split; every split has the same arrays)")
+        print("\nprovenance:")
+        for key in ("weights", "weights_sha256", "created", "device", "library_versions"):
+            if key in attrs:
+                print(f"  {key}: {attrs[key]}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import optuna
+
+    from oodcache.search.base import CacheInfo, scorers
+
+    info = CacheInfo("digits_resnet", "digits", 5, 128, ("avgpool", "layer3", "layer2", "layer1"), 488)
+    for key, cls in scorers().items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        module_doc = sys.modules[cls.__module__].__doc__ or ""
+        print(f"{key:<10} {module_doc.strip().splitlines()[0] if module_doc else doc}")
+        print(f"{'':<10} reads: {', '.join(cls.requires)}; statistics: {', '.join(cls.statistics) or 'none'}")
+        print(f"{'':<10} defaults: {json.dumps(cls().params()) if key != 'nac' else 'official per-layer (O, M, alpha); see nac.py'}")
+        if cls.searchable():
+            trial = optuna.trial.FixedTrial(cls.to_trial(cls.official(info).params()))
+            cls.space(trial, info)
+            names = ", ".join(trial.params)
+            print(f"{'':<10} space: {names}")
+        else:
+            print(f"{'':<10} space: none (parameter-free)")
+    return 0
+
+
+def cmd_archs(args: argparse.Namespace) -> int:
+    from oodcache.config import load_arch
+
+    for name in available("archs"):
+        a = load_arch(name)
+        print(f"{name:<16} builder {a.builder}, {a.num_classes} classes, input {a.input_size}px, "
+              f"head {a.head}, layers {list(a.layers)}")
+    return 0
+
+
+def cmd_benchmarks(args: argparse.Namespace) -> int:
+    from oodcache.config import load_benchmark
+
+    for name in available("benchmarks"):
+        b = load_benchmark(name)
+        print(f"{name}: loader {b.loader}, {b.num_classes} classes")
+        for split, spec in b.splits.items():
+            print(f"  {split:<14} {spec.role:<8} {spec.dataset}")
+    return 0
+
+
+def _search_all(cache: Path, methods: list[str], args: argparse.Namespace, storage: str | None) -> None:
+    from oodcache.search.study import run_search
+
+    for method in methods:
+        t0 = time.perf_counter()
+        rec = run_search(cache, method, trials=args.trials, until=args.until, timeout=args.timeout,
+                         seed=args.seed, storage=storage, sampler=args.sampler,
+                         progress=not args.quiet and method == methods[0] and len(methods) == 1)
+        sanity = rec["sanity_auroc"]
+        print(f"{method:<10} val AUROC {100 * rec['value']:6.2f}  FPR@95 {100 * rec['fpr95']:6.2f}  "
+              f"sanity {100 * sanity if sanity is not None else float('nan'):6.2f}  "
+              f"trials {rec['n_trials']:>4}  ({time.perf_counter() - t0:.1f}s)  "
+              f"best {json.dumps(rec['params'])[:90]}")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from oodcache.search.base import scorers
+
+    methods = sorted(scorers()) if args.method == "all" else [args.method]
+    if args.storage and len(methods) > 1 and "://" not in args.storage:
+        raise ConfigError("--storage with a journal file needs a single --method")
+    _search_all(args.cache, methods, args, args.storage)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from oodcache.evaluate.replay import load_best, score_split, searched_methods, write_scores
+
+    if args.best_all:
+        for method in searched_methods(args.cache):
+            print(f"wrote {write_scores(args.cache, method, load_best(args.cache, method)['params'])}")
+        return 0
+    if not (args.method and args.split and args.out):
+        raise ConfigError("score needs --method, --split and --out (or --best-all)")
+    params: dict[str, Any] | None = None
+    if args.params:
+        params = json.loads(args.params)
+    elif args.best:
+        params = load_best(args.cache, args.method)["params"]
+    scores = score_split(args.cache, args.method, params, args.split)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out, scores)
+    print(f"wrote {len(scores)} scores to {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from oodcache.evaluate.replay import load_best, searched_methods, write_scores
+    from oodcache.evaluate.report import build_report
+
+    for method in searched_methods(args.cache):
+        write_scores(args.cache, method, load_best(args.cache, method)["params"])
+    md, out = build_report(args.cache, fpr_convention=args.fpr)
+    print(md)
+    print(f"\nreport written: {out / 'report.md'}, {out / 'results.csv'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from oodcache.cache import Cache, CacheError
+    from oodcache.extract.run import extract
+    from oodcache.search.base import scorers
+
+    cache = cache_path("digits", "digits_resnet", args.root)
+    t0 = time.perf_counter()
+    try:
+        Cache(cache).close()
+        print(f"[1/3] reusing cache {cache} (delete it to re-extract)")
+    except CacheError:
+        print("[1/3] extract: train the digits model if needed, then cache every split")
+        extract("digits_resnet", "digits", cache, progress=not args.quiet)
+    t1 = time.perf_counter()
+    print(f"[2/3] search: {len(scorers())} methods, up to {args.trials} trials each")
+    ns = argparse.Namespace(trials=args.trials, until=args.trials, timeout=None, seed=args.seed,
+                            sampler="tpe", quiet=True)
+    _search_all(cache, sorted(scorers()), ns, None)
+    t2 = time.perf_counter()
+    print("[3/3] report")
+    cmd_report(argparse.Namespace(cache=cache, fpr="classic"))
+    t3 = time.perf_counter()
+    print(f"demo stages: extract {t1 - t0:.1f}s, search {t2 - t1:.1f}s, report {t3 - t2:.1f}s")
+    return 0
+
+
+COMMANDS = {
+    "extract": cmd_extract,
+    "info": cmd_info,
+    "methods": cmd_methods,
+    "archs": cmd_archs,
+    "benchmarks": cmd_benchmarks,
+    "search": cmd_search,
+    "score": cmd_score,
+    "report": cmd_report,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args)
+    log.debug("command %s with %s", args.command, vars(args))
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, PermissionError, RuntimeError) as err:
+        if args.verbose:
+            raise
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"oodcache {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

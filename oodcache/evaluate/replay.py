@@ -1,0 +1,80 @@
+"""Replay tuned parameters: refit each method on its statistics splits (never on test data), then
+score every split of the cache and write ``scores/<method>.npz`` plus ``scores/splits.json``.
+
+This is the only code that reads test splits, and it runs after search.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oodcache.cache import SEARCH_ROLES, Cache
+from oodcache.cache.schema import ID_ROLES
+from oodcache.config import best_dir, scores_dir
+from oodcache.search.base import Scorer, get_scorer
+from oodcache.search.study import load_inputs
+
+log = logging.getLogger(__name__)
+
+
+def load_best(cache_path: Path, method: str) -> dict[str, Any]:
+    path = best_dir(cache_path) / f"{method}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no tuned parameters at {path}; run `oodcache search --method {method}`")
+    return dict(json.loads(path.read_text()))
+
+
+def searched_methods(cache_path: Path) -> list[str]:
+    return sorted(p.stem for p in best_dir(cache_path).glob("*.json"))
+
+
+def fitted(cache_path: Path, method: str, params: dict[str, Any] | None) -> Scorer:
+    """``method`` with ``params`` (None: the official defaults), fitted from the tuning splits only."""
+    cls = get_scorer(method)
+    with Cache(cache_path, allowed_roles=SEARCH_ROLES) as cache:
+        inputs = load_inputs(cache, cls)
+        scorer = cls(**params) if params is not None else cls.official(inputs.info)
+        return scorer.fit(inputs.stats)
+
+
+def score_split(cache_path: Path, method: str, params: dict[str, Any] | None, split: str) -> np.ndarray:
+    scorer = fitted(cache_path, method, params)
+    with Cache(cache_path) as cache:
+        return scorer.score(cache.load(split, layers="layers" in scorer.requires))
+
+
+def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    os.replace(tmp, path)
+
+
+def write_scores(cache_path: Path, method: str, params: dict[str, Any]) -> Path:
+    """Score every split with the tuned ``params``; returns ``scores/<method>.npz``."""
+    scorer = fitted(cache_path, method, params)
+    out_dir = scores_dir(cache_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    splits: dict[str, dict[str, Any]] = {}
+    with Cache(cache_path) as cache:
+        for name, role in cache.roles.items():
+            if role == "train":
+                continue
+            split = cache.load(name, layers="layers" in scorer.requires)
+            arrays[name] = scorer.score(split)
+            info: dict[str, Any] = {"role": role, "dataset": split.dataset, "n": split.n}
+            if role in ID_ROLES:
+                info["top1"] = float((split.logits.argmax(1) == split.labels).mean())
+            splits[name] = info
+        meta = {"arch": cache.arch, "benchmark": cache.benchmark, "fingerprint": cache.fingerprint()}
+    path = out_dir / f"{method}.npz"
+    _atomic_npz(path, arrays)
+    (out_dir / "splits.json").write_text(json.dumps({"cache": meta, "splits": splits}, indent=2))
+    log.info("wrote %s", path)
+    return path

@@ -1,0 +1,142 @@
+"""The scorer base class, the statistics a scorer may read, and the method registry.
+
+A scorer is a small dataclass whose fields are its hyperparameters (official values as defaults),
+fitted on ID statistics splits only, mapping a cached split to one float32 score per sample.
+Convention: **higher = more in-distribution**.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+import optuna
+
+from oodcache.cache import Split
+from oodcache.search.ops import FloatArray
+
+log = logging.getLogger(__name__)
+
+#: What a scorer may declare in ``requires``: cache entries it reads.
+ENTRIES = ("logits", "features", "head", "layers")
+#: Where a scorer's statistics come from (``Stats`` attributes).
+STATISTICS = ("fit", "id_val", "train")
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What a scorer may know about the cache when choosing defaults and a search space."""
+
+    arch: str
+    benchmark: str
+    num_classes: int
+    feature_dim: int
+    layers: tuple[str, ...]
+    fit_size: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The ID splits statistics may come from. ``train`` falls back to ``fit`` when the cache has
+    no ``train`` split (logged once per study). Never holds a test split."""
+
+    fit: Split
+    id_val: Split
+    train_split: Split | None = None
+
+    @property
+    def train(self) -> Split:
+        if self.train_split is None:
+            return self.fit
+        return self.train_split
+
+
+class Scorer(ABC):
+    """Maps cached arrays to one score per sample. Convention: higher = more in-distribution."""
+
+    key: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]]
+    #: splits whose statistics ``fit`` reads (subset of STATISTICS)
+    statistics: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def official(cls, info: CacheInfo) -> Self:
+        """The published configuration for this cache (enqueued as trial 0)."""
+        return cls()
+
+    @classmethod
+    def space(cls, trial: optuna.Trial, info: CacheInfo) -> dict[str, Any]:
+        """Suggest this method's hyperparameters; returns constructor keyword arguments."""
+        return {}
+
+    @classmethod
+    def to_trial(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments -> flat Optuna parameters (inverse of ``space``)."""
+        return dict(params)
+
+    @classmethod
+    def searchable(cls) -> bool:
+        return cls.space.__func__ is not Scorer.space.__func__  # type: ignore[attr-defined]
+
+    def params(self) -> dict[str, Any]:
+        """Hyperparameters as constructor keyword arguments (JSON-ready)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}  # type: ignore[arg-type]
+
+    def fit(self, stats: Stats) -> Self:
+        """Compute ID statistics; methods without statistics inherit this."""
+        return self
+
+    @abstractmethod
+    def score(self, split: Split) -> FloatArray:
+        """Scores (N,), float32, finite; higher = more ID."""
+
+
+def _discover() -> dict[str, type[Scorer]]:
+    from oodcache.search import methods
+
+    found: dict[str, type[Scorer]] = {}
+    for mod in sorted(pkgutil.iter_modules(methods.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{methods.__name__}.{mod.name}")
+        classes = [
+            obj
+            for obj in vars(module).values()
+            if isinstance(obj, type)
+            and issubclass(obj, Scorer)
+            and obj.__module__ == module.__name__
+            and not getattr(obj, "__abstractmethods__", None)
+        ]
+        if len(classes) != 1:
+            raise TypeError(f"{module.__name__} must define exactly one scorer, found {classes}")
+        cls = classes[0]
+        if cls.key != mod.name:
+            raise TypeError(f"{cls.__name__}.key = {cls.key!r} differs from its module {mod.name!r}")
+        if cls.key in found:
+            raise TypeError(f"duplicate scorer key {cls.key!r}")
+        unknown = set(cls.requires) - set(ENTRIES)
+        if unknown or not set(cls.statistics) <= set(STATISTICS):
+            raise TypeError(f"{cls.__name__}: bad requires/statistics {unknown}")
+        found[cls.key] = cls
+    return found
+
+
+_REGISTRY: dict[str, type[Scorer]] | None = None
+
+
+def scorers() -> dict[str, type[Scorer]]:
+    """Every registered method, by key (one module per method in ``oodcache/search/methods/``)."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = _discover()
+    return _REGISTRY
+
+
+def get_scorer(key: str) -> type[Scorer]:
+    reg = scorers()
+    if key not in reg:
+        raise KeyError(f"unknown method {key!r}; known: {sorted(reg)} (`oodcache methods` lists them)")
+    return reg[key]

@@ -1,0 +1,1 @@
+"""One module per method; the module name is the registry key (see ``oodcache.search.base``)."""

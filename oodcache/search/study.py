@@ -1,0 +1,217 @@
+"""Optuna studies over one cache: the objective (ID-val vs OOD-val AUROC) and the resumable study.
+
+The objective sees only the fit, ID-val, OOD-val, sanity and train splits; the cache is opened with
+``allowed_roles=SEARCH_ROLES``, so a test split cannot be read here even by mistake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from oodcache.cache import SEARCH_ROLES, Cache, Split
+from oodcache.config import best_dir, studies_dir
+from oodcache.evaluate.metrics import auroc, fpr_at_95
+from oodcache.search.base import CacheInfo, Scorer, Stats, get_scorer
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "random")
+
+
+class StudyMismatchError(RuntimeError):
+    """An existing study was created on a different cache."""
+
+
+@dataclass(frozen=True)
+class SearchInputs:
+    """Everything a study reads: cache facts and the tuning splits (never a test split)."""
+
+    info: CacheInfo
+    stats: Stats
+    id_val: Split
+    ood_val: Split
+    sanity: Split | None
+
+
+def _only(cache: Cache, role: str, required: bool = True) -> str | None:
+    names = cache.names(role)
+    if len(names) > 1:
+        raise ValueError(f"{cache.path}: several {role} splits {names}; expected one")
+    if not names:
+        if required:
+            raise ValueError(f"{cache.path}: no split with role {role!r}; splits: {cache.roles}")
+        return None
+    return names[0]
+
+
+def load_inputs(cache: Cache, scorer: type[Scorer]) -> SearchInputs:
+    """Load the tuning splits ``scorer`` needs; layers only if it requires them."""
+    layers = "layers" in scorer.requires
+    fit_name, val_name, ood_name = (_only(cache, r) for r in ("fit", "id_val", "ood_val"))
+    assert fit_name and val_name and ood_name
+    sanity_name = _only(cache, "sanity", required=False)
+    train_name = _only(cache, "train", required=False)
+    if layers and not cache.has_layers(fit_name):
+        raise ValueError(f"{scorer.key} needs per-layer arrays, which {cache.path} lacks")
+    if "train" in scorer.statistics and train_name is None:
+        log.warning(
+            "%s: the cache has no 'train' split; ID-train statistics come from the fit split %r",
+            scorer.key,
+            fit_name,
+        )
+    fit = cache.load(fit_name, layers=layers)
+    id_val = cache.load(val_name, layers=layers)
+    info = CacheInfo(
+        arch=cache.arch,
+        benchmark=cache.benchmark,
+        num_classes=cache.num_classes,
+        feature_dim=cache.feature_dim,
+        layers=tuple(cache.layers),
+        fit_size=fit.n,
+    )
+    return SearchInputs(
+        info=info,
+        stats=Stats(fit=fit, id_val=id_val, train_split=cache.load(train_name, layers=False) if train_name else None),
+        id_val=id_val,
+        ood_val=cache.load(ood_name, layers=layers),
+        sanity=cache.load(sanity_name, layers=layers) if sanity_name else None,
+    )
+
+
+def evaluate_params(cls: type[Scorer], params: dict[str, Any], inputs: SearchInputs) -> dict[str, float]:
+    """Fit ``cls(**params)`` on its statistics and score the tuning splits."""
+    scorer = cls(**params).fit(inputs.stats)
+    s_id, s_ood = scorer.score(inputs.id_val), scorer.score(inputs.ood_val)
+    out = {"auroc": auroc(s_id, s_ood), "fpr95": fpr_at_95(s_id, s_ood)}
+    if inputs.sanity is not None:
+        out["sanity_auroc"] = auroc(s_id, scorer.score(inputs.sanity))
+    return out
+
+
+class Objective:
+    """Optuna objective: AUROC of ID val vs OOD val (FPR@95 and sanity AUROC kept as user attrs)."""
+
+    def __init__(self, cls: type[Scorer], inputs: SearchInputs) -> None:
+        self.cls, self.inputs = cls, inputs
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = self.cls.space(trial, self.inputs.info)
+        metrics = evaluate_params(self.cls, params, self.inputs)
+        trial.set_user_attr("params", json.dumps(params))
+        for k, v in metrics.items():
+            if k != "auroc":
+                trial.set_user_attr(k, v)
+        return metrics["auroc"]
+
+
+def default_storage(cache_path: Path, method: str) -> str:
+    return str(studies_dir(cache_path) / f"{method}.journal")
+
+
+def open_storage(storage: str) -> optuna.storages.BaseStorage | str:
+    """A database URL passes through; a file path becomes an Optuna journal file."""
+    if "://" in storage:
+        return storage
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(storage))
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; choose from {SAMPLERS}")
+
+
+def open_study(
+    cache: Cache, method: str, *, storage: str | None = None, sampler: str = "tpe", seed: int = 0
+) -> optuna.Study:
+    """Create or load the study of (cache, method); refuse one made on another cache."""
+    url = storage or default_storage(cache.path, method)
+    study = optuna.create_study(
+        study_name=method,
+        storage=open_storage(url),
+        direction="maximize",
+        sampler=make_sampler(sampler, seed),
+        load_if_exists=True,
+    )
+    fingerprint = cache.fingerprint()
+    known = study.user_attrs.get("cache_fingerprint")
+    if known is None:
+        study.set_user_attr("cache_fingerprint", fingerprint)
+        study.set_user_attr("cache", str(cache.path))
+        study.set_user_attr("method", method)
+    elif known != fingerprint:
+        raise StudyMismatchError(
+            f"study {method!r} in {url} was made on another cache (fingerprint {known}, this cache "
+            f"{fingerprint}, made from {study.user_attrs.get('cache')}); use another --storage or "
+            "delete the study"
+        )
+    return study
+
+
+def n_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def run_search(
+    cache_path: Path,
+    method: str,
+    *,
+    trials: int = 40,
+    until: int | None = None,
+    timeout: float | None = None,
+    seed: int = 0,
+    storage: str | None = None,
+    sampler: str = "tpe",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Add ``trials`` trials (or top up to ``until`` finished trials) to the study and write the
+    best parameters to ``best/<method>.json`` beside the cache. Returns that record."""
+    cls = get_scorer(method)
+    with Cache(cache_path, allowed_roles=SEARCH_ROLES) as cache:
+        inputs = load_inputs(cache, cls)
+        study = open_study(cache, method, storage=storage, sampler=sampler, seed=seed)
+        official = cls.official(inputs.info)
+        study.enqueue_trial(cls.to_trial(official.params()), skip_if_exists=True)
+        done = n_finished(study)
+        todo = max(0, until - done) if until is not None else trials
+        if not cls.searchable():
+            todo = 0 if done else 1  # parameter-free: one trial says everything
+        log.info("search %s on %s: %d finished trials, adding %d", method, cache_path, done, todo)
+        if todo:
+            study.optimize(Objective(cls, inputs), n_trials=todo, timeout=timeout,
+                           show_progress_bar=progress)
+        best = study.best_trial
+        record = {
+            "method": method,
+            "params": json.loads(best.user_attrs["params"]),
+            "official_params": official.params(),
+            "objective": "auroc(id_val, ood_val)",
+            "value": best.value,
+            "fpr95": best.user_attrs.get("fpr95"),
+            "sanity_auroc": best.user_attrs.get("sanity_auroc"),
+            "trial": best.number,
+            "n_trials": n_finished(study),
+            "sampler": sampler,
+            "seed": seed,
+            "cache": str(cache_path),
+            "cache_fingerprint": cache.fingerprint(),
+            "storage": storage or default_storage(cache_path, method),
+        }
+    out = best_dir(cache_path) / f"{method}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, out)
+    return record
