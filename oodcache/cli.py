@@ -34,11 +34,22 @@ def _cache_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trials", type=int, default=40, help="trials to add to the study (default: %(default)s)")
-    p.add_argument("--until", type=int, default=None, help="instead: top the study up to N finished trials")
-    p.add_argument("--timeout", type=float, default=None, help="stop adding trials after this many seconds")
+    p.add_argument(
+        "--trials", type=int, default=40, help="trials to add to the study (default: %(default)s)"
+    )
+    p.add_argument(
+        "--until", type=int, default=None, help="instead: top the study up to N finished trials"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=None, help="stop adding trials after this many seconds"
+    )
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default: %(default)s)")
-    p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler (default: tpe)")
+    p.add_argument(
+        "--sampler",
+        choices=("tpe", "random", "grid"),
+        default="tpe",
+        help="Optuna sampler (default: tpe); grid = the method's official grid, once",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,60 +63,115 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"oodcache {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only, no progress bars")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings only, no progress bars"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("extract", help="run the network once and write the HDF5 cache",
-                       description="Run the network once over every split of a benchmark and write "
-                       "logits, penultimate features, pooled per-layer activations and gradients "
-                       "(uniform-target cross-entropy), the head and provenance to one HDF5 file, "
-                       "atomically. The digits model is trained on the CPU on first use.")
-    p.add_argument("--arch", default="digits_resnet", help=f"architecture config (available: {available('archs')})")
-    p.add_argument("--benchmark", default="digits", help=f"benchmark config (available: {available('benchmarks')})")
-    p.add_argument("--out", type=Path, default=None, help="cache file (default: cache/<benchmark>/<arch>/cache.h5)")
-    p.add_argument("--weights", type=Path, default=None, help="weights file (state dict; loaded with weights_only=True)")
+    p = sub.add_parser(
+        "extract",
+        help="run the network once and write the HDF5 cache",
+        description="Run the network once over every split of a benchmark and write "
+        "logits, penultimate features, pooled per-layer activations and gradients "
+        "(uniform-target cross-entropy), the head and provenance to one HDF5 file, "
+        "atomically. The digits model is trained on the CPU on first use.",
+    )
+    p.add_argument(
+        "--arch",
+        default="digits_resnet",
+        help=f"architecture config (available: {available('archs')})",
+    )
+    p.add_argument(
+        "--benchmark",
+        default="digits",
+        help=f"benchmark config (available: {available('benchmarks')})",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="cache file (default: cache/<benchmark>/<arch>/cache.h5)",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="weights file (state dict; loaded with weights_only=True)",
+    )
     p.add_argument("--data", type=Path, default=None, help="root folder of the benchmark's images")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward/backward pass")
 
-    p = sub.add_parser("info", help="describe a cache: splits, roles, sizes, layers, dtypes, provenance")
+    p = sub.add_parser(
+        "info", help="describe a cache: splits, roles, sizes, layers, dtypes, provenance"
+    )
     p.add_argument("cache", type=Path, nargs="?", default=cache_path("digits", "digits_resnet"))
 
-    p = sub.add_parser("methods", help="list every method: inputs, statistics split, defaults, space")
+    p = sub.add_parser(
+        "methods", help="list every method: inputs, statistics split, defaults, space"
+    )
 
     sub.add_parser("archs", help="list the architecture configs")
     sub.add_parser("benchmarks", help="list the benchmark configs and their splits")
 
-    p = sub.add_parser("search", help="tune a method's hyperparameters from the cache with Optuna",
-                       description="Create or resume the Optuna study of (cache, method), persisted "
-                       "beside the cache, maximising AUROC of ID val vs OOD val. The official defaults "
-                       "are enqueued as trial 0. Test splits are never read. Writes best/<method>.json.")
+    p = sub.add_parser(
+        "search",
+        help="tune a method's hyperparameters from the cache with Optuna",
+        description="Create or resume the Optuna study of (cache, method), persisted "
+        "beside the cache, maximising AUROC of ID val vs OOD val. The official defaults "
+        "are enqueued as trial 0. Test splits are never read. Writes best/<method>.json.",
+    )
     _cache_arg(p)
-    p.add_argument("--method", default="all", help="method key, or 'all' (default) - see `oodcache methods`")
-    p.add_argument("--storage", default=None,
-                   help="Optuna storage: a journal file path (default: studies/<method>.journal beside "
-                   "the cache) or a database URL such as sqlite:///studies.db")
+    p.add_argument(
+        "--method", default="all", help="method key, or 'all' (default) - see `oodcache methods`"
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage: a journal file path (default: studies/<method>.journal beside "
+        "the cache) or a database URL such as sqlite:///studies.db",
+    )
     _add_search_args(p)
 
-    p = sub.add_parser("score", help="write one score per sample of a split (higher = more ID)",
-                       description="Refit a method on its statistics splits and score one split, "
-                       "in split order; or with --best-all write score files of every searched method.")
+    p = sub.add_parser(
+        "score",
+        help="write one score per sample of a split (higher = more ID)",
+        description="Refit a method on its statistics splits and score one split, "
+        "in split order; or with --best-all write score files of every searched method.",
+    )
     _cache_arg(p)
     p.add_argument("--method", help="method key")
     p.add_argument("--split", help="split name (see `oodcache info`)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--params", help='parameters as a JSON object, e.g. \'{"percentile": 90}\'')
-    g.add_argument("--best", action="store_true", help="use the tuned parameters (best/<method>.json)")
+    g.add_argument("--params", help="parameters as a JSON object, e.g. '{\"percentile\": 90}'")
+    g.add_argument(
+        "--best", action="store_true", help="use the tuned parameters (best/<method>.json)"
+    )
     p.add_argument("--out", type=Path, help="output .npy file")
-    p.add_argument("--best-all", action="store_true", help="score every split for every searched method")
+    p.add_argument(
+        "--best-all", action="store_true", help="score every split for every searched method"
+    )
 
-    p = sub.add_parser("report", help="metrics of every searched method on the test splits (Markdown, CSV)")
+    p = sub.add_parser(
+        "report", help="metrics of every searched method on the test splits (Markdown, CSV)"
+    )
     _cache_arg(p)
-    p.add_argument("--fpr", choices=("classic", "openood"), default="classic",
-                   help="FPR@95 convention: classic = OOD accepted at 95%% ID recall (default)")
+    p.add_argument(
+        "--fpr",
+        choices=("classic", "openood"),
+        default="classic",
+        help="FPR@95 convention: classic = OOD accepted at 95%% ID recall (default)",
+    )
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded digits benchmark")
-    p.add_argument("--root", type=Path, default=CACHE_ROOT, help="output root (default: %(default)s)")
-    p.add_argument("--trials", type=int, default=40, help="finished trials per method study (default: %(default)s)")
+    p.add_argument(
+        "--root", type=Path, default=CACHE_ROOT, help="output root (default: %(default)s)"
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=40,
+        help="finished trials per method study (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -122,8 +188,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from oodcache.extract.run import extract
 
     out = args.out or cache_path(args.benchmark, args.arch)
-    extract(args.arch, args.benchmark, out, weights=args.weights, data=args.data,
-            batch_size=args.batch_size, progress=not args.quiet)
+    extract(
+        args.arch,
+        args.benchmark,
+        out,
+        weights=args.weights,
+        data=args.data,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
     print(f"cache written: {out}")
     return 0
 
@@ -133,19 +206,27 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     with Cache(args.cache) as cache:
         attrs = cache.attrs
-        print(f"{cache.path}  format {attrs['format']} v{attrs['format_version']}  "
-              f"fingerprint {cache.fingerprint()}")
-        print(f"arch {cache.arch}  benchmark {cache.benchmark}  classes {cache.num_classes}  "
-              f"feature dim {cache.feature_dim}")
+        print(
+            f"{cache.path}  format {attrs['format']} v{attrs['format_version']}  "
+            f"fingerprint {cache.fingerprint()}"
+        )
+        print(
+            f"arch {cache.arch}  benchmark {cache.benchmark}  classes {cache.num_classes}  "
+            f"feature dim {cache.feature_dim}"
+        )
         print(f"layers: {', '.join(cache.layers)}")
         print(f"\n{'split':<14}{'role':<9}{'dataset':<20}{'n':>7}  layers")
         for name, role in cache.roles.items():
             g = cache.file[f"splits/{name}"]
-            print(f"{name:<14}{role:<9}{g.attrs.get('dataset', ''):<20}{cache.size(name):>7}  "
-                  f"{'yes' if cache.has_layers(name) else 'no'}")
+            print(
+                f"{name:<14}{role:<9}{g.attrs.get('dataset', ''):<20}{cache.size(name):>7}  "
+                f"{'yes' if cache.has_layers(name) else 'no'}"
+            )
         print("\narrays:")
         for path, ds in cache.iter_datasets():
-            if path.startswith("splits/") and not path.startswith(f"splits/{next(iter(cache.roles))}/"):
+            if path.startswith("splits/") and not path.startswith(
+                f"splits/{next(iter(cache.roles))}/"
+            ):
                 continue
             print(f"  /{path:<40} {str(ds.shape):<14} {ds.dtype}")
         print("  (shapes shown for the first split; every split has the same arrays)")
@@ -161,16 +242,22 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     from oodcache.search.base import CacheInfo, scorers
 
-    info = CacheInfo("digits_resnet", "digits", 5, 128, ("avgpool", "layer3", "layer2", "layer1"), 488)
+    info = CacheInfo(
+        "digits_resnet", "digits", 5, 128, ("avgpool", "layer3", "layer2", "layer1"), 488
+    )
     for key, cls in scorers().items():
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         module_doc = sys.modules[cls.__module__].__doc__ or ""
         print(f"{key:<10} {module_doc.strip().splitlines()[0] if module_doc else doc}")
-        print(f"{'':<10} reads: {', '.join(cls.requires)}; statistics: {', '.join(cls.statistics) or 'none'}")
-        print(f"{'':<10} defaults: {json.dumps(cls().params()) if key != 'nac' else 'official per-layer (O, M, alpha); see nac.py'}")
+        print(
+            f"{'':<10} reads: {', '.join(cls.requires)}; statistics: {', '.join(cls.statistics) or 'none'}"
+        )
+        print(
+            f"{'':<10} defaults: {json.dumps(cls().params()) if key != 'nac' else 'official per-layer (O, M, alpha); see nac.py'}"
+        )
         if cls.searchable():
             trial = optuna.trial.FixedTrial(cls.to_trial(cls.official(info).params()))
-            cls.space(trial, info)
+            cls.space(trial, info)  # type: ignore[arg-type]
             names = ", ".join(trial.params)
             print(f"{'':<10} space: {names}")
         else:
@@ -183,8 +270,10 @@ def cmd_archs(args: argparse.Namespace) -> int:
 
     for name in available("archs"):
         a = load_arch(name)
-        print(f"{name:<16} builder {a.builder}, {a.num_classes} classes, input {a.input_size}px, "
-              f"head {a.head}, layers {list(a.layers)}")
+        print(
+            f"{name:<16} builder {a.builder}, {a.num_classes} classes, input {a.input_size}px, "
+            f"head {a.head}, layers {list(a.layers)}"
+        )
     return 0
 
 
@@ -199,19 +288,31 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_all(cache: Path, methods: list[str], args: argparse.Namespace, storage: str | None) -> None:
+def _search_all(
+    cache: Path, methods: list[str], args: argparse.Namespace, storage: str | None
+) -> None:
     from oodcache.search.study import run_search
 
     for method in methods:
         t0 = time.perf_counter()
-        rec = run_search(cache, method, trials=args.trials, until=args.until, timeout=args.timeout,
-                         seed=args.seed, storage=storage, sampler=args.sampler,
-                         progress=not args.quiet and method == methods[0] and len(methods) == 1)
+        rec = run_search(
+            cache,
+            method,
+            trials=args.trials,
+            until=args.until,
+            timeout=args.timeout,
+            seed=args.seed,
+            storage=storage,
+            sampler=args.sampler,
+            progress=not args.quiet and method == methods[0] and len(methods) == 1,
+        )
         sanity = rec["sanity_auroc"]
-        print(f"{method:<10} val AUROC {100 * rec['value']:6.2f}  FPR@95 {100 * rec['fpr95']:6.2f}  "
-              f"sanity {100 * sanity if sanity is not None else float('nan'):6.2f}  "
-              f"trials {rec['n_trials']:>4}  ({time.perf_counter() - t0:.1f}s)  "
-              f"best {json.dumps(rec['params'])[:90]}")
+        print(
+            f"{method:<10} val AUROC {100 * rec['value']:6.2f}  FPR@95 {100 * rec['fpr95']:6.2f}  "
+            f"sanity {100 * sanity if sanity is not None else float('nan'):6.2f}  "
+            f"trials {rec['n_trials']:>4}  ({time.perf_counter() - t0:.1f}s)  "
+            f"best {json.dumps(rec['params'])[:90]}"
+        )
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -231,7 +332,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     if args.best_all:
         for method in searched_methods(args.cache):
-            print(f"wrote {write_scores(args.cache, method, load_best(args.cache, method)['params'])}")
+            print(
+                f"wrote {write_scores(args.cache, method, load_best(args.cache, method)['params'])}"
+            )
         return 0
     if not (args.method and args.split and args.out):
         raise ConfigError("score needs --method, --split and --out (or --best-all)")
@@ -274,8 +377,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         extract("digits_resnet", "digits", cache, progress=not args.quiet)
     t1 = time.perf_counter()
     print(f"[2/3] search: {len(scorers())} methods, up to {args.trials} trials each")
-    ns = argparse.Namespace(trials=args.trials, until=args.trials, timeout=None, seed=args.seed,
-                            sampler="tpe", quiet=True)
+    ns = argparse.Namespace(
+        trials=args.trials,
+        until=args.trials,
+        timeout=None,
+        seed=args.seed,
+        sampler="tpe",
+        quiet=True,
+    )
     _search_all(cache, sorted(scorers()), ns, None)
     t2 = time.perf_counter()
     print("[3/3] report")
@@ -304,7 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     log.debug("command %s with %s", args.command, vars(args))
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError, KeyError, ValueError, PermissionError, RuntimeError) as err:
+    except (
+        ConfigError,
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+        PermissionError,
+        RuntimeError,
+    ) as err:
         if args.verbose:
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -134,7 +134,7 @@ def load_arch(name: str) -> ArchConfig:
         alias: _build(LayerSpec, spec if isinstance(spec, dict) else {"module": spec}, path)
         for alias, spec in layers.items()
     }
-    return _build(ArchConfig, data, path)  # type: ignore[no-any-return]
+    return _build(ArchConfig, data, path)
 
 
 def load_benchmark(name: str) -> BenchmarkConfig:
@@ -144,7 +144,7 @@ def load_benchmark(name: str) -> BenchmarkConfig:
     if not isinstance(splits, dict) or not splits:
         raise ConfigError(f"{path}: 'splits' must map split names to {{role, dataset, source}}")
     data["splits"] = {name: _build(SplitSpec, spec, path) for name, spec in splits.items()}
-    return _build(BenchmarkConfig, data, path)  # type: ignore[no-any-return]
+    return _build(BenchmarkConfig, data, path)
 
 
 def as_dict(obj: Any) -> Any:

@@ -59,6 +59,8 @@ class Split:
     bias: FloatArray
     activations: dict[str, FloatArray] = field(default_factory=dict)
     gradients: dict[str, FloatArray] = field(default_factory=dict)
+    #: ODIN setting key (``T<T>_eps<ε>``) -> logits of the perturbed input, (N, K)
+    odin: dict[str, FloatArray] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -94,7 +96,9 @@ class Cache:
         if not self.path.is_file():
             hint = ""
             if self.path.with_name(self.path.name + ".tmp").exists():
-                hint = " (a .tmp file exists: an extraction is running or was interrupted; rerun it)"
+                hint = (
+                    " (a .tmp file exists: an extraction is running or was interrupted; rerun it)"
+                )
             raise CacheError(f"no cache at {self.path}{hint}; create one with `oodcache extract`")
         try:
             self.file = h5py.File(self.path, "r")
@@ -109,7 +113,9 @@ class Cache:
     def _validate(self) -> None:
         a = self.file.attrs
         if _attr(a.get("format")) != schema.FORMAT:
-            raise CacheError(f"{self.path} is not an oodcache cache (attribute format != 'oodcache')")
+            raise CacheError(
+                f"{self.path} is not an oodcache cache (attribute format != 'oodcache')"
+            )
         missing = [k for k in schema.REQUIRED_ATTRS if k not in a]
         if missing:
             raise CacheError(f"{self.path}: missing root attributes {missing}")
@@ -122,7 +128,9 @@ class Cache:
         if version < 1:
             raise CacheError(f"{self.path}: invalid format_version {version}")
         if not bool(a[schema.COMPLETE]):
-            raise CacheError(f"{self.path} is incomplete (extraction did not finish); rerun extract")
+            raise CacheError(
+                f"{self.path} is incomplete (extraction did not finish); rerun extract"
+            )
         for name in (f"{schema.HEAD}/weight", f"{schema.HEAD}/bias", schema.SPLITS):
             if name not in self.file:
                 raise CacheError(f"{self.path}: missing /{name}")
@@ -163,6 +171,12 @@ class Cache:
         return [str(x) for x in _attr(self.file.attrs["layers"])]
 
     @property
+    def odin_grid(self) -> list[tuple[float, float]]:
+        """The (temperature, epsilon) pairs whose perturbed logits were recorded (may be empty)."""
+        raw = _attr(self.file.attrs.get("odin_grid", "[]"))
+        return [(float(t), float(e)) for t, e in json.loads(raw)]
+
+    @property
     def feature_dim(self) -> int:
         return int(self.file[f"{schema.HEAD}/weight"].shape[1])
 
@@ -193,7 +207,9 @@ class Cache:
         h.update(np.ascontiguousarray(self.file[f"{schema.HEAD}/bias"][()]).tobytes())
         for name, role in self.roles.items():
             h.update(f"{name}:{role}:{self.size(name)}".encode())
-            h.update(np.ascontiguousarray(self.file[f"{schema.SPLITS}/{name}/logits"][:8]).tobytes())
+            h.update(
+                np.ascontiguousarray(self.file[f"{schema.SPLITS}/{name}/logits"][:8]).tobytes()
+            )
         return h.hexdigest()[:16]
 
     def iter_datasets(self) -> Iterator[tuple[str, h5py.Dataset]]:
@@ -211,7 +227,7 @@ class Cache:
         b = _frozen(np.asarray(self.file[f"{schema.HEAD}/bias"][()], dtype=np.float32))
         return w, b
 
-    def load(self, name: str, *, layers: bool = True) -> Split:
+    def load(self, name: str, *, layers: bool = True, odin: bool = False) -> Split:
         """Read one split into memory (read-only arrays).
 
         Raises:
@@ -240,6 +256,10 @@ class Cache:
                 lg = g[f"{schema.LAYERS}/{layer}"]
                 acts[layer] = arr(lg[schema.ACTIVATION], np.float32)
                 grads[layer] = arr(lg[schema.GRADIENT], np.float32)
+        perturbed: dict[str, FloatArray] = {}
+        if odin and schema.ODIN in g:
+            for key, og in g[schema.ODIN].items():
+                perturbed[key] = arr(og["logits"], np.float32)
         return Split(
             name=name,
             role=role,
@@ -251,6 +271,7 @@ class Cache:
             bias=b,
             activations=acts,
             gradients=grads,
+            odin=perturbed,
         )
 
     def close(self) -> None:

@@ -22,6 +22,14 @@ LAYERS = "layers"
 ACTIVATION = "activation"
 GRADIENT = "gradient"
 COMPLETE = "complete"
+#: optional: logits of ODIN-perturbed inputs, one group per (temperature, epsilon)
+ODIN = "odin"
+
+
+def odin_key(temperature: float, epsilon: float) -> str:
+    """Group name of one ODIN setting, e.g. ``T1000_eps0.0014``."""
+    return f"T{temperature:g}_eps{epsilon:g}"
+
 
 #: Root attributes every complete cache carries.
 REQUIRED_ATTRS = (

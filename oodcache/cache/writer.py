@@ -83,6 +83,7 @@ class SplitWriter:
         features: npt.ArrayLike,
         activations: Mapping[str, npt.ArrayLike] | None = None,
         gradients: Mapping[str, npt.ArrayLike] | None = None,
+        odin: Mapping[str, npt.ArrayLike] | None = None,
     ) -> None:
         lab = np.asarray(labels, dtype=np.int64)
         stop = self.filled + len(lab)
@@ -95,6 +96,8 @@ class SplitWriter:
         for kind, values in ((schema.ACTIVATION, activations), (schema.GRADIENT, gradients)):
             for layer, value in (values or {}).items():
                 self.group[f"{schema.LAYERS}/{layer}/{kind}"][rows] = value
+        for key, value in (odin or {}).items():
+            self.group[f"{schema.ODIN}/{key}/logits"][rows] = value
         self.filled = stop
 
     def close(self) -> None:
@@ -119,6 +122,7 @@ class CacheWriter:
         weight: npt.ArrayLike,
         bias: npt.ArrayLike,
         layers: Sequence[str],
+        odin_grid: Sequence[tuple[float, float]] = (),
     ) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
@@ -127,6 +131,7 @@ class CacheWriter:
         self.weight = np.asarray(weight, dtype=np.float32)
         self.bias = np.asarray(bias, dtype=np.float32)
         self.layers = list(layers)
+        self.odin_grid = [(float(t), float(e)) for t, e in odin_grid]
         self.splits: list[SplitWriter] = []
         self.file: h5py.File | None = None
 
@@ -141,6 +146,7 @@ class CacheWriter:
             a["format_version"] = schema.FORMAT_VERSION
             a["layers"] = self.layers
             a["num_classes"] = int(self.weight.shape[0])
+            a["odin_grid"] = json.dumps(self.odin_grid)
             for key, value in self.attrs.items():
                 a[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
             a[schema.COMPLETE] = False
@@ -189,6 +195,11 @@ class CacheWriter:
             for layer in self.layers:
                 make(f"{schema.LAYERS}/{layer}/{schema.ACTIVATION}", channels[layer], np.float32)
                 make(f"{schema.LAYERS}/{layer}/{schema.GRADIENT}", channels[layer], np.float32)
+            for t, e in self.odin_grid:
+                key = schema.odin_key(t, e)
+                make(f"{schema.ODIN}/{key}/logits", k, np.float32)
+                g[f"{schema.ODIN}/{key}"].attrs["temperature"] = t
+                g[f"{schema.ODIN}/{key}"].attrs["epsilon"] = e
         writer = SplitWriter(g, n)
         self.splits.append(writer)
         return writer

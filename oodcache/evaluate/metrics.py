@@ -36,8 +36,8 @@ def fpr_at_95(s_id: np.ndarray, s_ood: np.ndarray, convention: str = "classic") 
     s_id, s_ood = np.asarray(s_id, np.float64).ravel(), np.asarray(s_ood, np.float64).ravel()
     if convention == "classic":
         ts = np.unique(s_id)[::-1]  # descending distinct ID scores: TPR grows along ts
-        tpr = np.searchsorted(np.sort(s_id), ts, side="left")
-        tpr = (len(s_id) - tpr) / len(s_id)
+        below = np.searchsorted(np.sort(s_id), ts, side="left")
+        tpr = (len(s_id) - below) / len(s_id)
         t = ts[np.argmax(tpr >= 0.95)]
         return float((s_ood >= t).mean())
     if convention == "openood":
@@ -65,7 +65,9 @@ def aupr_out(s_id: np.ndarray, s_ood: np.ndarray) -> float:
     return _aupr(1 - y, -s)
 
 
-def ood_metrics(s_id: np.ndarray, s_ood: np.ndarray, fpr_convention: str = "classic") -> dict[str, float]:
+def ood_metrics(
+    s_id: np.ndarray, s_ood: np.ndarray, fpr_convention: str = "classic"
+) -> dict[str, float]:
     """AUROC, FPR@95, AUPR-In, AUPR-Out of one OOD set against the ID scores."""
     return {
         "auroc": auroc(s_id, s_ood),

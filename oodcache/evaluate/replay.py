@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 def load_best(cache_path: Path, method: str) -> dict[str, Any]:
     path = best_dir(cache_path) / f"{method}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no tuned parameters at {path}; run `oodcache search --method {method}`")
+        raise FileNotFoundError(
+            f"no tuned parameters at {path}; run `oodcache search --method {method}`"
+        )
     return dict(json.loads(path.read_text()))
 
 
@@ -43,10 +45,14 @@ def fitted(cache_path: Path, method: str, params: dict[str, Any] | None) -> Scor
         return scorer.fit(inputs.stats)
 
 
-def score_split(cache_path: Path, method: str, params: dict[str, Any] | None, split: str) -> np.ndarray:
+def score_split(
+    cache_path: Path, method: str, params: dict[str, Any] | None, split: str
+) -> np.ndarray:
     scorer = fitted(cache_path, method, params)
     with Cache(cache_path) as cache:
-        return scorer.score(cache.load(split, layers="layers" in scorer.requires))
+        return scorer.score(
+            cache.load(split, layers="layers" in scorer.requires, odin="odin" in scorer.requires)
+        )
 
 
 def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -66,13 +72,19 @@ def write_scores(cache_path: Path, method: str, params: dict[str, Any]) -> Path:
         for name, role in cache.roles.items():
             if role == "train":
                 continue
-            split = cache.load(name, layers="layers" in scorer.requires)
+            split = cache.load(
+                name, layers="layers" in scorer.requires, odin="odin" in scorer.requires
+            )
             arrays[name] = scorer.score(split)
             info: dict[str, Any] = {"role": role, "dataset": split.dataset, "n": split.n}
             if role in ID_ROLES:
                 info["top1"] = float((split.logits.argmax(1) == split.labels).mean())
             splits[name] = info
-        meta = {"arch": cache.arch, "benchmark": cache.benchmark, "fingerprint": cache.fingerprint()}
+        meta = {
+            "arch": cache.arch,
+            "benchmark": cache.benchmark,
+            "fingerprint": cache.fingerprint(),
+        }
     path = out_dir / f"{method}.npz"
     _atomic_npz(path, arrays)
     (out_dir / "splits.json").write_text(json.dumps({"cache": meta, "splits": splits}, indent=2))

@@ -24,13 +24,15 @@ FPR_LABEL = {
 }
 
 
-def results_table(cache_path: Path, methods: list[str], fpr_convention: str = "classic") -> pd.DataFrame:
+def results_table(
+    cache_path: Path, methods: list[str], fpr_convention: str = "classic"
+) -> pd.DataFrame:
     """Long table: one row per (method, OOD test set), plus ``near`` and ``far`` mean rows."""
     splits = json.loads((scores_dir(cache_path) / "splits.json").read_text())["splits"]
     by_role: dict[str, list[str]] = {}
     for name, s in splits.items():
         by_role.setdefault(s["role"], []).append(name)
-    (id_test,) = by_role["id_test"]
+    id_test = by_role["id_test"][0]
     rows: list[dict[str, Any]] = []
     for method in methods:
         scores = np.load(scores_dir(cache_path) / f"{method}.npz")
@@ -49,7 +51,10 @@ def results_table(cache_path: Path, methods: list[str], fpr_convention: str = "c
         for group in ("near", "far"):
             group_rows = []
             for name in by_role.get(group, []):
-                m = {k: 100 * v for k, v in ood_metrics(scores[id_test], scores[name], fpr_convention).items()}
+                m = {
+                    k: 100 * v
+                    for k, v in ood_metrics(scores[id_test], scores[name], fpr_convention).items()
+                }
                 group_rows.append(m)
                 rows.append({**common, "group": group, "ood": name, **m})
             if group_rows:
@@ -60,8 +65,12 @@ def results_table(cache_path: Path, methods: list[str], fpr_convention: str = "c
 
 def _summary(df: pd.DataFrame) -> pd.DataFrame:
     means = df[df["ood"].str.endswith(" mean")]
-    wide = means.pivot_table(index="method", columns="group", values=["auroc", "fpr95"], sort=False)
-    wide.columns = [f"{g} {m.upper() if m == 'auroc' else 'FPR@95'}" for m, g in wide.columns]
+    wide = means.pivot_table(
+        index="method", columns="group", values=["auroc", "fpr95"], sort=False
+    )
+    wide.columns = [
+        f"{col[1]} {'AUROC' if col[0] == 'auroc' else 'FPR@95'}" for col in wide.columns
+    ]
     extra = df.groupby("method", sort=False)[["id_acc", "sanity_auroc", "val_auroc"]].first()
     out = wide.join(extra).rename(
         columns={"id_acc": "ID acc", "sanity_auroc": "sanity AUROC", "val_auroc": "val AUROC"}
@@ -84,7 +93,9 @@ def build_report(cache_path: Path, *, fpr_convention: str = "classic") -> tuple[
     """Write ``report.md`` and ``results.csv`` for every searched method; returns (markdown, folder)."""
     methods = searched_methods(cache_path)
     if not methods:
-        raise FileNotFoundError(f"no tuned methods beside {cache_path}; run `oodcache search` first")
+        raise FileNotFoundError(
+            f"no tuned methods beside {cache_path}; run `oodcache search` first"
+        )
     df = results_table(cache_path, methods, fpr_convention)
     meta = json.loads((scores_dir(cache_path) / "splits.json").read_text())["cache"]
     out = report_dir(cache_path)
@@ -94,7 +105,9 @@ def build_report(cache_path: Path, *, fpr_convention: str = "classic") -> tuple[
     detail = df[["method", "group", "ood", "auroc", "fpr95", "aupr_in", "aupr_out"]].rename(
         columns={"auroc": "AUROC", "fpr95": "FPR@95", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out"}
     )
-    params = "\n".join(f"- **{m}**: `{json.dumps(load_best(cache_path, m)['params'])}`" for m in methods)
+    params = "\n".join(
+        f"- **{m}**: `{json.dumps(load_best(cache_path, m)['params'])}`" for m in methods
+    )
     md = "\n\n".join(
         [
             f"# oodcache report: {meta['benchmark']} / {meta['arch']}",

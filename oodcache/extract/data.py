@@ -22,7 +22,9 @@ LOADERS: dict[str, Loader] = {"digits": _digits}
 
 def load_splits(cfg: BenchmarkConfig, data: Path | None = None) -> dict[str, ImageSet]:
     if cfg.loader not in LOADERS:
-        raise KeyError(f"benchmark {cfg.name!r}: unknown loader {cfg.loader!r}; known: {sorted(LOADERS)}")
+        raise KeyError(
+            f"benchmark {cfg.name!r}: unknown loader {cfg.loader!r}; known: {sorted(LOADERS)}"
+        )
     sets = LOADERS[cfg.loader](cfg, data)
     for name, s in sets.items():
         if len(s.labels) == 0:

@@ -33,6 +33,8 @@ class ImageSet:
     images: npt.NDArray[np.float32]
     labels: npt.NDArray[np.int64]
     ids: list[str]
+    #: per-channel std used to normalise the [0, 1] pixels (ODIN scales its step by 1/std)
+    pixel_std: tuple[float, ...] = (0.5,)
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -108,9 +110,9 @@ def partition(labels: np.ndarray, seed: int, sanity_per_class: int) -> dict[str,
     return {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in parts.items()}
 
 
-def build(splits: Mapping[str, Mapping[str, Any]], *, seed: int, options: Mapping[str, Any]) -> (
-    dict[str, ImageSet]
-):
+def build(
+    splits: Mapping[str, Mapping[str, Any]], *, seed: int, options: Mapping[str, Any]
+) -> dict[str, ImageSet]:
     """Every split of the benchmark, from its YAML ``source`` entries.
 
     A source is ``{part: main_train|sub_train|val|test}`` (ID digits 0–4), ``{classes: [5, ...]}``
@@ -125,7 +127,7 @@ def build(splits: Mapping[str, Mapping[str, Any]], *, seed: int, options: Mappin
 
     def finish(img8: np.ndarray, lab: np.ndarray, ids: list[str]) -> ImageSet:
         x = (_upsample(img8) - norm_mean) / norm_std
-        return ImageSet(x.astype(np.float32), lab.astype(np.int64), ids)
+        return ImageSet(x.astype(np.float32), lab.astype(np.int64), ids, (norm_std,))
 
     result: dict[str, ImageSet] = {}
     for i, (name, source) in enumerate(splits.items()):
@@ -134,14 +136,18 @@ def build(splits: Mapping[str, Mapping[str, Any]], *, seed: int, options: Mappin
             result[name] = finish(images8[idx], labels[idx], [f"digits:{j}" for j in idx])
         elif "classes" in source:
             idx = np.flatnonzero(np.isin(labels, source["classes"]))
-            result[name] = finish(images8[idx], np.full(len(idx), -1), [f"digits:{j}" for j in idx])
+            result[name] = finish(
+                images8[idx], np.full(len(idx), -1), [f"digits:{j}" for j in idx]
+            )
         elif "pictures" in source:
             rng = np.random.default_rng([seed, i])
             count = int(source["count"])
             crops = _crops(source["pictures"], count, rng, id_mean, id_std)
             result[name] = finish(crops, np.full(count, -1), [f"{name}:{j}" for j in range(count)])
         else:
-            raise ValueError(f"digits split {name!r}: source needs 'part', 'classes' or 'pictures'")
+            raise ValueError(
+                f"digits split {name!r}: source needs 'part', 'classes' or 'pictures'"
+            )
         log.info("digits split %s: %d images", name, len(result[name].labels))
     return result
 
@@ -155,4 +161,5 @@ def training_set(*, seed: int, options: Mapping[str, Any]) -> ImageSet:
         np.concatenate([sets["train"].images, sets["sub"].images]),
         np.concatenate([sets["train"].labels, sets["sub"].labels]),
         sets["train"].ids + sets["sub"].ids,
+        sets["train"].pixel_std,
     )

@@ -71,7 +71,9 @@ BUILDERS: dict[str, Callable[[ArchConfig], nn.Module]] = {"digits_resnet": _digi
 
 def build_model(cfg: ArchConfig) -> nn.Module:
     if cfg.builder not in BUILDERS:
-        raise KeyError(f"arch {cfg.name!r}: unknown builder {cfg.builder!r}; known: {sorted(BUILDERS)}")
+        raise KeyError(
+            f"arch {cfg.name!r}: unknown builder {cfg.builder!r}; known: {sorted(BUILDERS)}"
+        )
     return BUILDERS[cfg.builder](cfg)
 
 

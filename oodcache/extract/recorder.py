@@ -7,13 +7,16 @@ mode BatchNorm does not couple samples, so the batch-summed loss yields per-samp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from oodcache.cache.schema import odin_key
 
 REDUCTIONS = ("sum_hw", "sum_tokens", "cls_token")
 
@@ -90,7 +93,42 @@ def record_batch(
         outs = [rec.out[a] for a in aliases]
         grads = torch.autograd.grad(kl_to_uniform(logits).sum(), outs)
     assert rec.features is not None
-    acts = {a: pool(o.detach(), reductions[a]).float().cpu() for a, o in zip(aliases, outs)}
-    gs = {a: pool(g.detach(), reductions[a]).float().cpu() for a, g in zip(aliases, grads)}
+    acts = {
+        a: pool(o.detach(), reductions[a]).float().cpu()
+        for a, o in zip(aliases, outs, strict=True)
+    }
+    gs = {
+        a: pool(g.detach(), reductions[a]).float().cpu()
+        for a, g in zip(aliases, grads, strict=True)
+    }
     feats = rec.features.detach().flatten(1).float().cpu()
     return logits.detach().float().cpu(), feats, acts, gs
+
+
+def odin_logits(
+    model: nn.Module,
+    x: Tensor,
+    grid: Sequence[tuple[float, float]],
+    pixel_std: Sequence[float],
+) -> dict[str, Tensor]:
+    """Logits of ODIN-perturbed inputs for every (T, ε) in ``grid`` (OpenOOD v1.5 form).
+
+    ŷ = argmax f(x); G = sign(∇ₓ CE(f(x)/T, ŷ)) with an exact 0 mapped to +1; G is divided per
+    channel by the normalisation std σ_c (so ε is a step in [0, 1] pixel units);
+    x̃ = x − ε·G/σ; returns f(x̃) (unscaled; the ODIN score applies T). One backward per T, one
+    forward per (T, ε).
+    """
+    std = torch.tensor(list(pixel_std), dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    out: dict[str, Tensor] = {}
+    for temperature in sorted({t for t, _ in grid}):
+        xg = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(xg)
+            loss = F.cross_entropy(logits / temperature, logits.argmax(1))
+            (grad,) = torch.autograd.grad(loss, xg)
+        step = torch.where(grad >= 0, 1.0, -1.0) / std
+        for t, eps in grid:
+            if t == temperature:
+                with torch.no_grad():
+                    out[odin_key(t, eps)] = model(x.detach() - eps * step).float().cpu()
+    return out

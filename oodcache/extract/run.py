@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import platform
 import time
+from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from oodcache.config import (
 )
 from oodcache.extract.data import load_splits
 from oodcache.extract.models import build_model, load_weights, sha256_file
-from oodcache.extract.recorder import LayerRecorder, record_batch
+from oodcache.extract.recorder import LayerRecorder, odin_logits, record_batch
 from oodcache.extract.train import train_digits_model
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,15 @@ def _resolve(arch: str, benchmark: str) -> tuple[ArchConfig, BenchmarkConfig]:
         )
     a, b = load_arch(arch), load_benchmark(benchmark)
     if a.num_classes != b.num_classes:
-        raise ConfigError(f"arch {arch} has {a.num_classes} classes, benchmark {benchmark} {b.num_classes}")
+        raise ConfigError(
+            f"arch {arch} has {a.num_classes} classes, benchmark {benchmark} {b.num_classes}"
+        )
     return a, b
 
 
-def _weights(arch: ArchConfig, bench: BenchmarkConfig, out: Path, weights: Path | None, progress: bool) -> Path:
+def _weights(
+    arch: ArchConfig, bench: BenchmarkConfig, out: Path, weights: Path | None, progress: bool
+) -> Path:
     if weights is not None:
         return weights
     if arch.builder == "digits_resnet" and bench.loader == "digits":
@@ -89,6 +94,7 @@ def extract(
     weights: Path | None = None,
     data: Path | None = None,
     batch_size: int = 128,
+    odin_grid: Sequence[tuple[float, float]] | None = None,
     progress: bool = True,
 ) -> Path:
     """Run the network once over every split of ``benchmark`` and write the cache to ``out``.
@@ -96,6 +102,8 @@ def extract(
     Records per sample: logits, penultimate features (head input), and for each configured layer the
     spatially summed activation and the summed gradient of −(1/K)·Σₖ log softmaxₖ (one backward pass
     per batch for all layers), all float32; plus the head's weight and bias and provenance.
+    With an ODIN grid (argument, else the benchmark's ``odin_grid`` option, else none) it also
+    records the logits of ODIN-perturbed inputs for every (temperature, epsilon) pair.
     """
     arch_cfg, bench_cfg = _resolve(arch, benchmark)
     out = Path(out)
@@ -105,8 +113,14 @@ def extract(
     model.eval()
     head = dict(model.named_modules())[arch_cfg.head]
     if not isinstance(head, torch.nn.Linear):
-        raise ConfigError(f"arch {arch}: head {arch_cfg.head!r} is {type(head).__name__}, not Linear")
+        raise ConfigError(
+            f"arch {arch}: head {arch_cfg.head!r} is {type(head).__name__}, not Linear"
+        )
     splits = load_splits(bench_cfg, data)
+    if odin_grid is None:
+        opt = bench_cfg.options.get("odin_grid") or {}
+        temps, epsilons = opt.get("temperatures", []), opt.get("epsilons", [])
+        odin_grid = [(float(t), float(e)) for t in temps for e in epsilons]
     reductions = {alias: spec.reduction for alias, spec in arch_cfg.layers.items()}
     modules = {alias: spec.module for alias, spec in arch_cfg.layers.items()}
     attrs = {
@@ -115,8 +129,13 @@ def extract(
         "weights": str(weights_path),
         "weights_sha256": sha256_file(weights_path),
         "library_versions": _versions(),
-        "config": {"arch": as_dict(arch_cfg), "benchmark": as_dict(bench_cfg), "batch_size": batch_size},
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": {
+            "arch": as_dict(arch_cfg),
+            "benchmark": as_dict(bench_cfg),
+            "batch_size": batch_size,
+            "odin_grid": [list(p) for p in odin_grid],
+        },
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "device": "cpu",
     }
     log.info("extract %s on %s -> %s (layers %s)", arch, benchmark, out, list(modules))
@@ -128,6 +147,7 @@ def extract(
             weight=head.weight.detach().numpy(),
             bias=head.bias.detach().numpy(),
             layers=list(modules),
+            odin_grid=odin_grid,
         ) as writer,
     ):
         total = sum(len(s.labels) for s in splits.values())
@@ -140,7 +160,14 @@ def extract(
             for i in range(0, len(images.labels), batch_size):
                 x = torch.from_numpy(images.images[i : i + batch_size])
                 logits, feats, acts, grads = record_batch(model, x, rec, reductions)
-                for label, t in [("logits", logits), ("features", feats), *acts.items(), *grads.items()]:
+                role_layers = spec.role != "train"
+                odin = (
+                    odin_logits(model, x, odin_grid, images.pixel_std)
+                    if odin_grid and role_layers
+                    else {}
+                )
+                checks = [("logits", logits), ("features", feats), *acts.items(), *grads.items()]
+                for label, t in checks + [(f"odin {k}", v) for k, v in odin.items()]:
                     if not torch.isfinite(t).all():
                         raise NonFiniteError(
                             f"split {name!r}, rows {i}..{i + len(x) - 1}: non-finite values in {label}"
@@ -155,13 +182,13 @@ def extract(
                         dim=int(feats.shape[1]),
                         channels=channels,
                     )
-                role_layers = spec.role != "train"
                 sw.write(
                     labels=images.labels[i : i + batch_size],
                     logits=logits.numpy(),
                     features=feats.numpy(),
                     activations={a: t.numpy() for a, t in acts.items()} if role_layers else None,
                     gradients={a: t.numpy() for a, t in grads.items()} if role_layers else None,
+                    odin={k: t.numpy() for k, t in odin.items()},
                 )
                 bar.update(len(x))
             seconds = time.perf_counter() - start

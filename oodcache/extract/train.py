@@ -41,7 +41,9 @@ def train_digits_model(
     optim = torch.optim.SGD(
         model.parameters(), lr=float(opts.get("lr", 0.05)), momentum=0.9, weight_decay=5e-4
     )
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=float(opts.get("lr", 0.05)), total_steps=steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        optim, max_lr=float(opts.get("lr", 0.05)), total_steps=steps
+    )
     model.train()
     bar = tqdm(total=steps, desc="train digits model", unit="step", disable=not progress)
     for _ in range(epochs):

@@ -23,7 +23,7 @@ from oodcache.search.ops import FloatArray
 log = logging.getLogger(__name__)
 
 #: What a scorer may declare in ``requires``: cache entries it reads.
-ENTRIES = ("logits", "features", "head", "layers")
+ENTRIES = ("logits", "features", "head", "layers", "odin")
 #: Where a scorer's statistics come from (``Stats`` attributes).
 STATISTICS = ("fit", "id_val", "train")
 
@@ -38,6 +38,8 @@ class CacheInfo:
     feature_dim: int
     layers: tuple[str, ...]
     fit_size: int
+    #: (temperature, epsilon) pairs with recorded ODIN-perturbed logits
+    odin_grid: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,12 @@ class Scorer(ABC):
         return dict(params)
 
     @classmethod
+    def grid(cls, info: CacheInfo) -> dict[str, list[Any]] | None:
+        """The official search grid as flat Optuna parameters (``--sampler grid``); None if the
+        method has no official grid for this cache."""
+        return None
+
+    @classmethod
     def searchable(cls) -> bool:
         return cls.space.__func__ is not Scorer.space.__func__  # type: ignore[attr-defined]
 
@@ -114,7 +122,9 @@ def _discover() -> dict[str, type[Scorer]]:
             raise TypeError(f"{module.__name__} must define exactly one scorer, found {classes}")
         cls = classes[0]
         if cls.key != mod.name:
-            raise TypeError(f"{cls.__name__}.key = {cls.key!r} differs from its module {mod.name!r}")
+            raise TypeError(
+                f"{cls.__name__}.key = {cls.key!r} differs from its module {mod.name!r}"
+            )
         if cls.key in found:
             raise TypeError(f"duplicate scorer key {cls.key!r}")
         unknown = set(cls.requires) - set(ENTRIES)
@@ -138,5 +148,7 @@ def scorers() -> dict[str, type[Scorer]]:
 def get_scorer(key: str) -> type[Scorer]:
     reg = scorers()
     if key not in reg:
-        raise KeyError(f"unknown method {key!r}; known: {sorted(reg)} (`oodcache methods` lists them)")
+        raise KeyError(
+            f"unknown method {key!r}; known: {sorted(reg)} (`oodcache methods` lists them)"
+        )
     return reg[key]

@@ -22,7 +22,7 @@ from oodcache.search.base import CacheInfo, Scorer, Stats, get_scorer
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "grid")
 
 
 class StudyMismatchError(RuntimeError):
@@ -54,20 +54,26 @@ def _only(cache: Cache, role: str, required: bool = True) -> str | None:
 def load_inputs(cache: Cache, scorer: type[Scorer]) -> SearchInputs:
     """Load the tuning splits ``scorer`` needs; layers only if it requires them."""
     layers = "layers" in scorer.requires
+    odin = "odin" in scorer.requires
     fit_name, val_name, ood_name = (_only(cache, r) for r in ("fit", "id_val", "ood_val"))
     assert fit_name and val_name and ood_name
     sanity_name = _only(cache, "sanity", required=False)
     train_name = _only(cache, "train", required=False)
     if layers and not cache.has_layers(fit_name):
         raise ValueError(f"{scorer.key} needs per-layer arrays, which {cache.path} lacks")
+    if odin and not cache.odin_grid:
+        raise ValueError(
+            f"{scorer.key} needs ODIN-perturbed logits, which {cache.path} lacks; re-extract with "
+            "--odin-temperatures/--odin-epsilons (or an odin_grid option in the benchmark YAML)"
+        )
     if "train" in scorer.statistics and train_name is None:
         log.warning(
             "%s: the cache has no 'train' split; ID-train statistics come from the fit split %r",
             scorer.key,
             fit_name,
         )
-    fit = cache.load(fit_name, layers=layers)
-    id_val = cache.load(val_name, layers=layers)
+    fit = cache.load(fit_name, layers=layers, odin=odin)
+    id_val = cache.load(val_name, layers=layers, odin=odin)
     info = CacheInfo(
         arch=cache.arch,
         benchmark=cache.benchmark,
@@ -75,17 +81,24 @@ def load_inputs(cache: Cache, scorer: type[Scorer]) -> SearchInputs:
         feature_dim=cache.feature_dim,
         layers=tuple(cache.layers),
         fit_size=fit.n,
+        odin_grid=tuple(cache.odin_grid),
     )
     return SearchInputs(
         info=info,
-        stats=Stats(fit=fit, id_val=id_val, train_split=cache.load(train_name, layers=False) if train_name else None),
+        stats=Stats(
+            fit=fit,
+            id_val=id_val,
+            train_split=cache.load(train_name, layers=False) if train_name else None,
+        ),
         id_val=id_val,
-        ood_val=cache.load(ood_name, layers=layers),
-        sanity=cache.load(sanity_name, layers=layers) if sanity_name else None,
+        ood_val=cache.load(ood_name, layers=layers, odin=odin),
+        sanity=cache.load(sanity_name, layers=layers, odin=odin) if sanity_name else None,
     )
 
 
-def evaluate_params(cls: type[Scorer], params: dict[str, Any], inputs: SearchInputs) -> dict[str, float]:
+def evaluate_params(
+    cls: type[Scorer], params: dict[str, Any], inputs: SearchInputs
+) -> dict[str, float]:
     """Fit ``cls(**params)`` on its statistics and score the tuning splits."""
     scorer = cls(**params).fit(inputs.stats)
     s_id, s_ood = scorer.score(inputs.id_val), scorer.score(inputs.ood_val)
@@ -125,7 +138,13 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage | str:
     return optuna.storages.JournalStorage(JournalFileBackend(storage))
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    name: str, seed: int, grid: dict[str, list[Any]] | None = None
+) -> optuna.samplers.BaseSampler:
+    if name == "grid":
+        if grid is None:
+            raise ValueError("this method has no official grid; use --sampler tpe or random")
+        return optuna.samplers.GridSampler(grid, seed=seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
@@ -134,15 +153,23 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def open_study(
-    cache: Cache, method: str, *, storage: str | None = None, sampler: str = "tpe", seed: int = 0
+    cache: Cache,
+    method: str,
+    *,
+    storage: str | None = None,
+    sampler: str = "tpe",
+    seed: int = 0,
+    grid: dict[str, list[Any]] | None = None,
 ) -> optuna.Study:
-    """Create or load the study of (cache, method); refuse one made on another cache."""
+    """Create or load the study of (cache, method); refuse one made on another cache.
+
+    Grid studies are kept apart from TPE/random ones (study name ``<method>-grid``)."""
     url = storage or default_storage(cache.path, method)
     study = optuna.create_study(
-        study_name=method,
+        study_name=f"{method}-grid" if sampler == "grid" else method,
         storage=open_storage(url),
         direction="maximize",
-        sampler=make_sampler(sampler, seed),
+        sampler=make_sampler(sampler, seed, grid),
         load_if_exists=True,
     )
     fingerprint = cache.fingerprint()
@@ -181,17 +208,25 @@ def run_search(
     cls = get_scorer(method)
     with Cache(cache_path, allowed_roles=SEARCH_ROLES) as cache:
         inputs = load_inputs(cache, cls)
-        study = open_study(cache, method, storage=storage, sampler=sampler, seed=seed)
+        grid = cls.grid(inputs.info) if sampler == "grid" else None
+        study = open_study(cache, method, storage=storage, sampler=sampler, seed=seed, grid=grid)
         official = cls.official(inputs.info)
-        study.enqueue_trial(cls.to_trial(official.params()), skip_if_exists=True)
         done = n_finished(study)
         todo = max(0, until - done) if until is not None else trials
+        if grid is not None:  # the whole official grid, once; no extra default trial
+            size = 1
+            for values in grid.values():
+                size *= len(values)
+            todo = max(0, size - len(study.trials))
+        else:
+            study.enqueue_trial(cls.to_trial(official.params()), skip_if_exists=True)
         if not cls.searchable():
             todo = 0 if done else 1  # parameter-free: one trial says everything
         log.info("search %s on %s: %d finished trials, adding %d", method, cache_path, done, todo)
         if todo:
-            study.optimize(Objective(cls, inputs), n_trials=todo, timeout=timeout,
-                           show_progress_bar=progress)
+            study.optimize(
+                Objective(cls, inputs), n_trials=todo, timeout=timeout, show_progress_bar=progress
+            )
         best = study.best_trial
         record = {
             "method": method,

@@ -29,5 +29,9 @@ class Energy(Scorer):
     def space(cls, trial: optuna.Trial, info: CacheInfo) -> dict[str, Any]:
         return {"temperature": trial.suggest_float("temperature", 0.1, 100.0, log=True)}
 
+    @classmethod
+    def grid(cls, info: CacheInfo) -> dict[str, list[Any]] | None:
+        return {"temperature": [1.0]}  # OpenOOD v1.5
+
     def score(self, split: Split) -> FloatArray:
         return as_score(energy(split.logits, self.temperature))

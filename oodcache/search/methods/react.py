@@ -37,6 +37,10 @@ class ReAct(Scorer):
     def space(cls, trial: optuna.Trial, info: CacheInfo) -> dict[str, Any]:
         return {"percentile": trial.suggest_float("percentile", 50.0, 99.9)}
 
+    @classmethod
+    def grid(cls, info: CacheInfo) -> dict[str, list[Any]] | None:
+        return {"percentile": [85.0, 90.0, 95.0, 99.0]}  # OpenOOD v1.5
+
     def fit(self, stats: Stats) -> Self:
         if self.threshold is not None:
             self.threshold_ = float(self.threshold)
