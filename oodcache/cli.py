@@ -237,31 +237,50 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe(dist: Any) -> str:
+    import optuna.distributions as d
+
+    if isinstance(dist, d.CategoricalDistribution):
+        return "{" + ", ".join(map(str, dist.choices)) + "}"
+    scale = " log" if getattr(dist, "log", False) else ""
+    return f"[{dist.low:g}, {dist.high:g}]{scale}"
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     import optuna
 
     from oodcache.search.base import CacheInfo, scorers
 
     info = CacheInfo(
-        "digits_resnet", "digits", 5, 128, ("avgpool", "layer3", "layer2", "layer1"), 488
+        arch="digits_resnet",
+        benchmark="digits",
+        num_classes=5,
+        feature_dim=128,
+        layers=("avgpool", "layer3", "layer2", "layer1"),
+        fit_size=488,
+        odin_grid=tuple((t, e) for t in (1.0, 10.0, 100.0, 1000.0) for e in (0.0014, 0.0028)),
     )
+    print(f"(defaults and spaces shown for the {info.benchmark}/{info.arch} cache; see each file)")
     for key, cls in scorers().items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        module_doc = sys.modules[cls.__module__].__doc__ or ""
-        print(f"{key:<10} {module_doc.strip().splitlines()[0] if module_doc else doc}")
+        module_doc = (sys.modules[cls.__module__].__doc__ or key).strip().splitlines()[0]
+        print(f"\n{key:<12} {module_doc}")
+        pad = " " * 12
         print(
-            f"{'':<10} reads: {', '.join(cls.requires)}; statistics: {', '.join(cls.statistics) or 'none'}"
+            f"{pad} reads: {', '.join(cls.requires)}; "
+            f"statistics: {', '.join(cls.statistics) or 'none'}"
         )
-        print(
-            f"{'':<10} defaults: {json.dumps(cls().params()) if key != 'nac' else 'official per-layer (O, M, alpha); see nac.py'}"
-        )
-        if cls.searchable():
-            trial = optuna.trial.FixedTrial(cls.to_trial(cls.official(info).params()))
-            cls.space(trial, info)  # type: ignore[arg-type]
-            names = ", ".join(trial.params)
-            print(f"{'':<10} space: {names}")
-        else:
-            print(f"{'':<10} space: none (parameter-free)")
+        print(f"{pad} defaults (trial 0): {json.dumps(cls.official(info).params())}")
+        if not cls.searchable():
+            print(f"{pad} space: none (parameter-free)")
+            continue
+        study = optuna.create_study(direction="maximize")  # in memory: introspection only
+        trial = study.ask()
+        cls.space(trial, info)
+        space = ", ".join(f"{n} {_describe(dist)}" for n, dist in trial.distributions.items())
+        print(f"{pad} space: {space}")
+        grid = cls.grid(info)
+        if grid is not None:
+            print(f"{pad} official grid: {json.dumps(grid)}")
     return 0
 
 
