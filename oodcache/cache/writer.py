@@ -153,7 +153,7 @@ class CacheWriter:
             head = self.file.create_group(schema.HEAD)
             head.create_dataset("weight", data=self.weight)
             head.create_dataset("bias", data=self.bias)
-            self.file.create_group(schema.SPLITS)
+            self.file.create_group(schema.SPLITS, track_order=True)
         except BaseException:
             self._abort()
             raise

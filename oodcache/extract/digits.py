@@ -13,12 +13,13 @@ ID images are partitioned per class (seeded): 60 % train, 20 % val, 20 % test. F
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,11 @@ class ImageSet:
     ids: list[str]
     #: per-channel std used to normalise the [0, 1] pixels (ODIN scales its step by 1/std)
     pixel_std: tuple[float, ...] = (0.5,)
+
+    def batches(self, batch_size: int, workers: int = 0) -> Iterator[torch.Tensor]:
+        """Consecutive batches of images, in split order."""
+        for i in range(0, len(self.labels), batch_size):
+            yield torch.from_numpy(self.images[i : i + batch_size])
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -105,6 +105,14 @@ def record_batch(
     return logits.detach().float().cpu(), feats, acts, gs
 
 
+def forward_only(model: nn.Module, x: Tensor, rec: LayerRecorder) -> tuple[Tensor, Tensor]:
+    """Logits and penultimate features without a backward pass (features-only ``train`` splits)."""
+    with torch.no_grad():
+        logits = model(x)
+    assert rec.features is not None
+    return logits.float().cpu(), rec.features.flatten(1).float().cpu()
+
+
 def odin_logits(
     model: nn.Module,
     x: Tensor,

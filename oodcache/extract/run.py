@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from oodcache.cache import CacheWriter
+from oodcache.cache.schema import FEATURES_ONLY_ROLES, ID_ROLES
 from oodcache.config import (
     ArchConfig,
     BenchmarkConfig,
@@ -26,7 +27,7 @@ from oodcache.config import (
 )
 from oodcache.extract.data import load_splits
 from oodcache.extract.models import build_model, load_weights, sha256_file
-from oodcache.extract.recorder import LayerRecorder, odin_logits, record_batch
+from oodcache.extract.recorder import LayerRecorder, forward_only, odin_logits, record_batch
 from oodcache.extract.train import train_digits_model
 
 log = logging.getLogger(__name__)
@@ -157,10 +158,13 @@ def extract(
             channels: dict[str, int] = {}
             sw = None
             start = time.perf_counter()
-            for i in range(0, len(images.labels), batch_size):
-                x = torch.from_numpy(images.images[i : i + batch_size])
-                logits, feats, acts, grads = record_batch(model, x, rec, reductions)
-                role_layers = spec.role != "train"
+            i = 0
+            for x in images.batches(batch_size):
+                role_layers = spec.role not in FEATURES_ONLY_ROLES
+                if role_layers:
+                    logits, feats, acts, grads = record_batch(model, x, rec, reductions)
+                else:
+                    (logits, feats), acts, grads = forward_only(model, x, rec), {}, {}
                 odin = (
                     odin_logits(model, x, odin_grid, images.pixel_std)
                     if odin_grid and role_layers
@@ -183,7 +187,7 @@ def extract(
                         channels=channels,
                     )
                 sw.write(
-                    labels=images.labels[i : i + batch_size],
+                    labels=images.labels[i : i + len(x)],
                     logits=logits.numpy(),
                     features=feats.numpy(),
                     activations={a: t.numpy() for a, t in acts.items()} if role_layers else None,
@@ -191,11 +195,12 @@ def extract(
                     odin={k: t.numpy() for k, t in odin.items()},
                 )
                 bar.update(len(x))
+                i += len(x)
             seconds = time.perf_counter() - start
             assert sw is not None
             sw.group.attrs["images_per_second"] = float(len(images.labels) / max(seconds, 1e-9))
             acc = ""
-            if spec.role in ("fit", "sanity", "id_val", "id_test", "train"):
+            if spec.role in ID_ROLES:
                 pred = np.asarray(sw.group["logits"][()]).argmax(1)
                 acc = f", top-1 {100 * float((pred == images.labels).mean()):.2f}%"
             log.info("split %s (%s): %d images%s", name, spec.role, len(images.labels), acc)
