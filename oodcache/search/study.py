@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from oodcache.search.base import CacheInfo, Scorer, Stats, get_scorer
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "random", "grid")
+SAMPLERS = ("tpe", "random", "cmaes", "grid")
 
 
 class StudyMismatchError(RuntimeError):
@@ -108,20 +110,31 @@ def evaluate_params(
     return out
 
 
+#: --objective choices: Optuna directions and the metrics they optimise (ID val vs OOD val)
+OBJECTIVES: dict[str, tuple[tuple[str, str], ...]] = {
+    "auroc": (("auroc", "maximize"),),
+    "fpr95": (("fpr95", "minimize"),),
+    "both": (("auroc", "maximize"), ("fpr95", "minimize")),
+}
+
+
 class Objective:
-    """Optuna objective: AUROC of ID val vs OOD val (FPR@95 and sanity AUROC kept as user attrs)."""
+    """Optuna objective on ID val vs OOD val: AUROC (default), FPR@95, or both (multi-objective).
+    Every metric (AUROC, FPR@95, sanity AUROC) and the parameters are kept as user attributes."""
 
-    def __init__(self, cls: type[Scorer], inputs: SearchInputs) -> None:
-        self.cls, self.inputs = cls, inputs
+    def __init__(self, cls: type[Scorer], inputs: SearchInputs, objective: str = "auroc") -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose from {sorted(OBJECTIVES)}")
+        self.cls, self.inputs, self.metrics = cls, inputs, [m for m, _ in OBJECTIVES[objective]]
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         params = self.cls.space(trial, self.inputs.info)
         metrics = evaluate_params(self.cls, params, self.inputs)
         trial.set_user_attr("params", json.dumps(params))
         for k, v in metrics.items():
-            if k != "auroc":
-                trial.set_user_attr(k, v)
-        return metrics["auroc"]
+            trial.set_user_attr(k, v)
+        values = tuple(metrics[m] for m in self.metrics)
+        return values[0] if len(values) == 1 else values
 
 
 def default_storage(cache_path: Path, method: str) -> str:
@@ -149,7 +162,19 @@ def make_sampler(
         return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":  # categorical parameters fall back to random sampling
+        return optuna.samplers.CmaEsSampler(
+            seed=seed,
+            warn_independent_sampling=False,
+            independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+        )
     raise ValueError(f"unknown sampler {name!r}; choose from {SAMPLERS}")
+
+
+def study_name(method: str, sampler: str = "tpe", objective: str = "auroc") -> str:
+    """``<method>`` for the default study; grid and non-AUROC studies are kept apart."""
+    name = method if objective == "auroc" else f"{method}-{objective}"
+    return f"{name}-grid" if sampler == "grid" else name
 
 
 def open_study(
@@ -160,15 +185,17 @@ def open_study(
     sampler: str = "tpe",
     seed: int = 0,
     grid: dict[str, list[Any]] | None = None,
+    objective: str = "auroc",
 ) -> optuna.Study:
-    """Create or load the study of (cache, method); refuse one made on another cache.
-
-    Grid studies are kept apart from TPE/random ones (study name ``<method>-grid``)."""
+    """Create or load the study of (cache, method, objective); refuse one made on another cache."""
     url = storage or default_storage(cache.path, method)
+    name = study_name(method, sampler, objective)
+    if "://" in url:  # a shared database holds many caches' studies: key them by cache content
+        name = f"{cache.benchmark}/{cache.arch}/{cache.fingerprint()}/{name}"
     study = optuna.create_study(
-        study_name=f"{method}-grid" if sampler == "grid" else method,
+        study_name=name,
         storage=open_storage(url),
-        direction="maximize",
+        directions=[optuna.study.StudyDirection[d.upper()] for _, d in OBJECTIVES[objective]],
         sampler=make_sampler(sampler, seed, grid),
         load_if_exists=True,
     )
@@ -180,15 +207,54 @@ def open_study(
         study.set_user_attr("method", method)
     elif known != fingerprint:
         raise StudyMismatchError(
-            f"study {method!r} in {url} was made on another cache (fingerprint {known}, this cache "
-            f"{fingerprint}, made from {study.user_attrs.get('cache')}); use another --storage or "
-            "delete the study"
+            f"study {study.study_name!r} in {url} was made on another cache (fingerprint {known}, "
+            f"this cache {fingerprint}, made from {study.user_attrs.get('cache')}); use another "
+            "--storage or delete the study"
         )
     return study
 
 
 def n_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def _optimize(
+    cache_path: Path,
+    method: str,
+    *,
+    n_trials: int,
+    timeout: float | None,
+    seed: int,
+    storage: str | None,
+    sampler: str,
+    objective: str,
+    progress: bool = False,
+) -> None:
+    """One worker: open the cache and the study, run ``n_trials`` trials. Also a process target."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # summaries are printed by the CLI
+    cls = get_scorer(method)
+    with Cache(cache_path, allowed_roles=SEARCH_ROLES) as cache:
+        inputs = load_inputs(cache, cls)
+        grid = cls.grid(inputs.info) if sampler == "grid" else None
+        study = open_study(
+            cache,
+            method,
+            storage=storage,
+            sampler=sampler,
+            seed=seed,
+            grid=grid,
+            objective=objective,
+        )
+        study.optimize(
+            Objective(cls, inputs, objective),
+            n_trials=n_trials,
+            timeout=timeout,
+            show_progress_bar=progress,
+        )
+
+
+def _share(total: int, jobs: int) -> list[int]:
+    return [total // jobs + (1 if r < total % jobs else 0) for r in range(jobs)]
 
 
 def run_search(
@@ -201,15 +267,33 @@ def run_search(
     seed: int = 0,
     storage: str | None = None,
     sampler: str = "tpe",
+    objective: str = "auroc",
+    jobs: int = 1,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Add ``trials`` trials (or top up to ``until`` finished trials) to the study and write the
-    best parameters to ``best/<method>.json`` beside the cache. Returns that record."""
+    chosen parameters to ``best/<method>.json`` beside the cache. Returns that record.
+
+    ``jobs`` > 1 runs that many worker processes on the same study (each with seed + rank); the
+    journal file (default) and database storages are safe for concurrent workers, and the trials
+    are shared out so the study gains exactly ``trials`` trials. For ``objective="both"`` the
+    Pareto front is recorded and the chosen trial is the front's highest-AUROC one.
+    """
     cls = get_scorer(method)
     with Cache(cache_path, allowed_roles=SEARCH_ROLES) as cache:
         inputs = load_inputs(cache, cls)
         grid = cls.grid(inputs.info) if sampler == "grid" else None
-        study = open_study(cache, method, storage=storage, sampler=sampler, seed=seed, grid=grid)
+        if sampler == "grid" and grid is None:
+            raise ValueError(f"{method} has no official grid; use --sampler tpe or random")
+        study = open_study(
+            cache,
+            method,
+            storage=storage,
+            sampler=sampler,
+            seed=seed,
+            grid=grid,
+            objective=objective,
+        )
         official = cls.official(inputs.info)
         done = n_finished(study)
         todo = max(0, until - done) if until is not None else trials
@@ -218,32 +302,88 @@ def run_search(
             for values in grid.values():
                 size *= len(values)
             todo = max(0, size - len(study.trials))
-        else:
+        elif not study.trials:  # a new study: the official configuration is trial 0
             study.enqueue_trial(cls.to_trial(official.params()), skip_if_exists=True)
         if not cls.searchable():
             todo = 0 if done else 1  # parameter-free: one trial says everything
-        log.info("search %s on %s: %d finished trials, adding %d", method, cache_path, done, todo)
-        if todo:
-            study.optimize(
-                Objective(cls, inputs), n_trials=todo, timeout=timeout, show_progress_bar=progress
-            )
+        fingerprint = cache.fingerprint()
+    log.info("search %s on %s: %d finished trials, adding %d", method, cache_path, done, todo)
+    common: dict[str, Any] = {
+        "timeout": timeout,
+        "storage": storage,
+        "sampler": sampler,
+        "objective": objective,
+    }
+    jobs = max(1, min(jobs, todo)) if todo else 1
+    if todo and jobs == 1:
+        _optimize(cache_path, method, n_trials=todo, seed=seed, progress=progress, **common)
+    elif todo:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = [
+                pool.submit(_optimize, cache_path, method, n_trials=n, seed=seed + rank, **common)
+                for rank, n in enumerate(_share(todo, jobs))
+            ]
+            for f in futures:
+                f.result()
+    with Cache(cache_path, allowed_roles=SEARCH_ROLES) as cache:
+        study = open_study(cache, method, storage=storage, sampler=sampler, objective=objective)
+    return _write_best(
+        study,
+        cache_path,
+        method,
+        official.params(),
+        fingerprint,
+        sampler,
+        seed,
+        storage,
+        objective,
+    )
+
+
+def _write_best(
+    study: optuna.Study,
+    cache_path: Path,
+    method: str,
+    official: dict[str, Any],
+    fingerprint: str,
+    sampler: str,
+    seed: int,
+    storage: str | None,
+    objective: str,
+) -> dict[str, Any]:
+    if objective == "both":
+        front = study.best_trials
+        best = max(front, key=lambda t: (t.user_attrs["auroc"], -t.user_attrs["fpr95"], -t.number))
+    else:
         best = study.best_trial
-        record = {
-            "method": method,
-            "params": json.loads(best.user_attrs["params"]),
-            "official_params": official.params(),
-            "objective": "auroc(id_val, ood_val)",
-            "value": best.value,
-            "fpr95": best.user_attrs.get("fpr95"),
-            "sanity_auroc": best.user_attrs.get("sanity_auroc"),
-            "trial": best.number,
-            "n_trials": n_finished(study),
-            "sampler": sampler,
-            "seed": seed,
-            "cache": str(cache_path),
-            "cache_fingerprint": cache.fingerprint(),
-            "storage": storage or default_storage(cache_path, method),
-        }
+    record: dict[str, Any] = {
+        "method": method,
+        "params": json.loads(best.user_attrs["params"]),
+        "official_params": official,
+        "objective": f"{objective} (id_val vs ood_val)",
+        "value": best.user_attrs.get("auroc", best.values[0]),
+        "fpr95": best.user_attrs.get("fpr95"),
+        "sanity_auroc": best.user_attrs.get("sanity_auroc"),
+        "trial": best.number,
+        "n_trials": n_finished(study),
+        "sampler": sampler,
+        "seed": seed,
+        "cache": str(cache_path),
+        "cache_fingerprint": fingerprint,
+        "storage": storage or default_storage(cache_path, method),
+        "study": study.study_name,
+    }
+    if objective == "both":
+        record["pareto"] = [
+            {
+                "trial": t.number,
+                "auroc": t.user_attrs["auroc"],
+                "fpr95": t.user_attrs["fpr95"],
+                "params": json.loads(t.user_attrs["params"]),
+            }
+            for t in sorted(study.best_trials, key=lambda t: t.number)
+        ]
     out = best_dir(cache_path) / f"{method}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
