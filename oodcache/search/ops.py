@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
+
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
+T = TypeVar("T")
 
 
 def logsumexp(x: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -40,3 +45,107 @@ def as_score(x: np.ndarray) -> FloatArray:
     if not np.isfinite(s).all():
         raise FloatingPointError(f"{int((~np.isfinite(s)).sum())} non-finite scores")
     return s
+
+
+# ----------------------------------------------------------------- shared by the newer scorers
+
+
+def row_chunks(n_rows: int, row_bytes: int, budget: int = 256 * 2**20) -> Iterator[slice]:
+    """Row slices of at most ``budget`` bytes each (at least one row), so that a per-chunk
+    (rows, X) temporary with ``row_bytes`` bytes per row stays within the budget."""
+    step = max(1, budget // max(1, row_bytes))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:
+    """Rows divided by (‖row‖₂ + eps), in float64; eps only guards all-zero rows (KNN's code)."""
+    x = np.asarray(x, np.float64)
+    return np.asarray(x / (np.linalg.norm(x, axis=1, keepdims=True) + eps))
+
+
+def pinvh(a: np.ndarray) -> np.ndarray:
+    """Pseudo-inverse of a symmetric matrix via ``eigh`` (float64), dropping eigenvalues with
+    |λ| <= n·eps·max|λ| (the cut-off of ``scipy.linalg.pinvh``, which OpenOOD's MDS uses)."""
+    vals, vecs = np.linalg.eigh(np.asarray(a, np.float64))
+    keep = np.abs(vals) > a.shape[0] * np.finfo(np.float64).eps * np.abs(vals).max(initial=0.0)
+    v = vecs[:, keep]
+    return np.asarray((v / vals[keep]) @ v.T)
+
+
+def ash_kept(dim: int, percentile: float) -> int:
+    """Units ASH keeps: k = D − round(D·p/100), round half to even (as ``np.round``), k >= 1."""
+    return max(1, dim - round(dim * percentile / 100.0))
+
+
+def ash_mask(h: np.ndarray, k: int) -> np.ndarray:
+    """Boolean (N, D) mask of each row's k largest entries; ties at the k-th value go to the lower
+    unit index (deterministic; ties are common after ReAct clipping)."""
+    d = h.shape[1]
+    kth = np.partition(h, d - k, axis=1)[:, d - k : d - k + 1]  # the k-th largest value per row
+    mask = h >= kth
+    tied = np.flatnonzero(mask.sum(axis=1) > k)
+    for chunk in row_chunks(len(tied), 9 * d, 2**26):
+        rows = tied[chunk]
+        eq = h[rows] == kth[rows]
+        room = k - (h[rows] > kth[rows]).sum(axis=1, keepdims=True)
+        mask[rows] &= ~(eq & (np.cumsum(eq, axis=1) > room))
+    return mask
+
+
+def ash_shape(
+    h: np.ndarray, percentile: float, variant: str, *, rank: np.ndarray | None = None
+) -> np.ndarray:
+    """ASH shaping of each row of h (N, D), keeping k = ``ash_kept(D, p)`` units (``ash_mask``).
+
+    The kept units are the k largest of ``rank`` (default h; ReAct + ASH passes the unclipped
+    features, so that ties at the clipping threshold go to the larger raw activation).
+
+    P: keep the k largest entries, zero the rest. B: s1/k on kept positions (s1 = Σ_j h_j).
+    S: kept entries times exp(s1/s2), s2 = Σ of the kept entries (exp(0) where s2 = 0, which
+    with non-negative h means the row is all zero; the official code gives NaN there).
+    P keeps h's dtype (so pruning nothing returns h exactly); B and S are float64.
+    """
+    if variant not in ("P", "B", "S"):
+        raise ValueError(f"unknown ASH variant {variant!r}; choose from 'P', 'B', 'S'")
+    k = ash_kept(h.shape[1], percentile)
+    mask = ash_mask(h if rank is None else rank, k)
+    kept = np.where(mask, h, np.zeros_like(h))
+    if variant == "P":
+        return kept
+    s1 = np.asarray(h, np.float64).sum(axis=1, keepdims=True)
+    if variant == "B":
+        return np.where(mask, s1 / k, 0.0)
+    s2 = kept.sum(axis=1, keepdims=True, dtype=np.float64)
+    ratio = np.divide(s1, s2, out=np.zeros_like(s1), where=s2 != 0)
+    return np.asarray(kept * np.exp(ratio))
+
+
+def dice_weight(weight: np.ndarray, mean: np.ndarray, p: float) -> np.ndarray:
+    """DICE's masked weight W ⊙ M, M = 1[V > perc_p(V)], V[k, j] = μ_j·W[k, j] (signed, one
+    percentile over all K·D entries, strict >). Keeps W's dtype."""
+    contrib = np.asarray(mean, np.float64)[None, :] * weight
+    mask = contrib > percentile(contrib, p)
+    return np.where(mask, weight, np.zeros_like(weight))
+
+
+_MEMO: dict[tuple[str, tuple[int, ...]], tuple[tuple[weakref.ref[np.ndarray], ...], Any]] = {}
+
+
+def memo(tag: str, arrays: tuple[np.ndarray, ...], compute: Callable[[], T]) -> T:
+    """``compute()`` once per (tag, these very arrays), for statistics that every trial refits.
+
+    Only read-only arrays (what the cache reader returns) are memoised, keyed by identity; an
+    entry is dropped when one of its arrays is freed. Writable arrays always recompute.
+    """
+    if any(a.flags.writeable for a in arrays):
+        return compute()
+    key = (tag, tuple(id(a) for a in arrays))
+    hit = _MEMO.get(key)
+    if hit is not None and all(ref() is a for ref, a in zip(hit[0], arrays, strict=True)):
+        return cast(T, hit[1])
+    value = compute()
+    _MEMO[key] = (tuple(weakref.ref(a) for a in arrays), value)
+    for a in arrays:
+        weakref.finalize(a, _MEMO.pop, key, None)
+    return value

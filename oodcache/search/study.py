@@ -6,6 +6,7 @@ The objective sees only the fit, ID-val, OOD-val, sanity and train splits; the c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -118,6 +119,20 @@ OBJECTIVES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+def _enqueued_constants(
+    trial: optuna.Trial, cls: type[Scorer], params: dict[str, Any]
+) -> dict[str, Any]:
+    """Constructor fields an enqueued trial fixes but the space never suggests (e.g. the official
+    absolute thresholds of trial 0: ReAct's c = 1.0, LHAct's t_l/t_h), so trial 0 is exactly the
+    published configuration."""
+    if not isinstance(trial, optuna.Trial):
+        return {}
+    frozen = [t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number]
+    fixed = frozen[0].system_attrs.get("fixed_params", {}) if frozen else {}
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return {k: v for k, v in fixed.items() if k in fields and k not in params}
+
+
 class Objective:
     """Optuna objective on ID val vs OOD val: AUROC (default), FPR@95, or both (multi-objective).
     Every metric (AUROC, FPR@95, sanity AUROC) and the parameters are kept as user attributes."""
@@ -129,6 +144,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         params = self.cls.space(trial, self.inputs.info)
+        params.update(_enqueued_constants(trial, self.cls, params))
         metrics = evaluate_params(self.cls, params, self.inputs)
         trial.set_user_attr("params", json.dumps(params))
         for k, v in metrics.items():
@@ -327,7 +343,9 @@ def run_search(
             for f in futures:
                 f.result()
     with Cache(cache_path, allowed_roles=SEARCH_ROLES) as cache:
-        study = open_study(cache, method, storage=storage, sampler=sampler, objective=objective)
+        study = open_study(
+            cache, method, storage=storage, sampler=sampler, grid=grid, objective=objective
+        )
     return _write_best(
         study,
         cache_path,

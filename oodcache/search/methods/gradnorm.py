@@ -1,0 +1,34 @@
+"""GradNorm: L1 norm of the last-layer weight gradient of the cross-entropy to a uniform target.
+
+L = Σ_k −log softmax(f/T)_k (the 1/K of KL(u‖p) omitted, as in the official code), f = W h + b;
+score(x) = Σ_{k,j} |∂L/∂W_kj| = (1/T)·‖h‖₁·Σ_k |K·p_k − 1|, p = softmax(f/T), in closed form (no
+backward pass; equal to the autograd value through a per-sample copy of the head). Higher = more ID
+(a confident prediction is far from uniform and has a large gradient).
+Paper: Huang, Geng & Li, NeurIPS 2021, arXiv:2110.00218.
+Official code: github.com/deeplearning-wisc/gradnorm_ood
+Reads: features, head (f = head(h), consistent with h). Statistics: none. Defaults: T = 1
+(official, OpenOOD v1.5), trial 0. Space: none (T is fixed). Deviations: none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from oodcache.cache import Split
+from oodcache.search.base import Scorer
+from oodcache.search.ops import FloatArray, as_score, softmax
+
+
+@dataclass
+class GradNorm(Scorer):
+    key = "gradnorm"
+    requires = ("features", "head")
+    temperature: float = 1.0
+
+    def score(self, split: Split) -> FloatArray:
+        h = np.asarray(split.features, np.float64)
+        p = softmax(h @ split.weight.T.astype(np.float64) + split.bias, self.temperature)
+        spread = np.abs(p.shape[1] * p - 1.0).sum(axis=1)
+        return as_score(np.abs(h).sum(axis=1) * spread / self.temperature)

@@ -1,0 +1,116 @@
+"""ViM: energy minus a virtual logit, the scaled norm of the residual off the principal space.
+
+On ID train: origin u = −W⁺b; Σ = (1/N)·Σ_i (h_i − u)(h_i − u)ᵀ (centred at u, **not** the mean);
+symmetric eigendecomposition, eigenvalues descending; R = the eigenvectors beyond the first D_p
+(``dim``); α = mean(max_k f_k) / mean(‖Rᵀ(h − u)‖), f = W h + b.
+score(x) = logsumexp(f) − α·‖Rᵀ(h − u)‖. Higher = more ID.
+Paper: Wang, Li, Feng & Zhang, CVPR 2022, arXiv:2203.10807. Official code: github.com/haoqiwang/vim
+Reads: features, head (f = head(h), as the official code). Statistics: ID train (the ``fit`` split
+when the cache has no ``train`` split). Defaults: dim = the official rule, 1000 if D >= 2048,
+512 if D >= 768, else D/2 (``dim=None`` resolves it at fit; ``official`` writes it out), trial 0.
+Space: integer dim in [max(1, D/16), D − max(1, D/16)]; R and α follow dim in every trial (the
+eigenbasis and the train residual norms for every dim are computed once per train array);
+grid {256, 1000} (OpenOOD v1.5), the values inside the space.
+Deviations: none (OpenOOD v1.5 fixed dim = 256 and computed R once, so its search had no effect).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Self
+
+import numpy as np
+import optuna
+
+from oodcache.cache import Split
+from oodcache.search.base import CacheInfo, Scorer, Stats
+from oodcache.search.ops import FloatArray, as_score, energy, memo, row_chunks
+
+log = logging.getLogger(__name__)
+
+
+def official_dim(d: int) -> int:
+    """The official principal dimension D_p for feature dimension D."""
+    return 1000 if d >= 2048 else 512 if d >= 768 else max(1, d // 2)
+
+
+class Basis(NamedTuple):
+    origin: np.ndarray  # u (D,)
+    vectors: np.ndarray  # eigenvectors (D, D), columns by descending eigenvalue
+    mean_max_logit: float  # mean over train of max_k f_k
+    mean_residual: np.ndarray  # (D + 1,): [dim] = mean over train of ‖R_dimᵀ(h − u)‖
+
+
+def vim_basis(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> Basis:
+    """What ViM needs from ID train, for every dim at once (memoised per read-only arrays)."""
+
+    def compute() -> Basis:
+        n, d = features.shape
+        w, b = weight.astype(np.float64), bias.astype(np.float64)
+        u = -np.linalg.pinv(w) @ b
+        cov = np.zeros((d, d))
+        max_logit = 0.0
+        for rows in row_chunks(n, 8 * d, 2**26):
+            x = features[rows] - u
+            cov += x.T @ x
+            max_logit += float((features[rows] @ w.T + b).max(axis=1).sum())
+        vals, vecs = np.linalg.eigh(cov / n)
+        vecs = vecs[:, ::-1]  # descending eigenvalues
+        residual = np.zeros(d + 1)
+        for rows in row_chunks(n, 16 * d, 2**26):
+            y2 = ((features[rows] - u) @ vecs) ** 2
+            tail = np.cumsum(y2[:, ::-1], axis=1)[:, ::-1]  # [:, j] = Σ_{i >= j} y_i²
+            residual[:d] += np.sqrt(tail).sum(axis=0)
+        return Basis(u, np.ascontiguousarray(vecs), max_logit / n, residual / n)
+
+    return memo("vim_basis", (features, weight, bias), compute)
+
+
+@dataclass
+class ViM(Scorer):
+    key = "vim"
+    requires = ("features", "head")
+    statistics = ("train",)
+    dim: int | None = None  # principal dimension D_p; None = the official rule
+
+    @classmethod
+    def official(cls, info: CacheInfo) -> Self:
+        return cls(dim=official_dim(info.feature_dim))
+
+    @classmethod
+    def space(cls, trial: optuna.Trial, info: CacheInfo) -> dict[str, Any]:
+        d = info.feature_dim
+        lo = max(1, d // 16)
+        return {"dim": trial.suggest_int("dim", lo, max(lo, d - lo))}
+
+    @classmethod
+    def grid(cls, info: CacheInfo) -> dict[str, list[Any]] | None:
+        d = info.feature_dim
+        lo = max(1, d // 16)
+        dims = [v for v in (256, 1000) if lo <= v <= d - lo]  # OpenOOD v1.5, where it fits
+        return {"dim": dims} if dims else None
+
+    def fit(self, stats: Stats) -> Self:
+        train = stats.train
+        d = train.features.shape[1]
+        dim = official_dim(d) if self.dim is None else int(self.dim)
+        if not 0 <= dim < d:
+            raise ValueError(f"ViM needs 0 <= dim < D = {d} (a non-empty residual), got {dim}")
+        basis = vim_basis(train.features, train.weight, train.bias)
+        self.origin_ = basis.origin
+        self.residual_ = basis.vectors[:, dim:]
+        self.alpha_ = basis.mean_max_logit / basis.mean_residual[dim]
+        log.debug("vim dim = %d, alpha_ = %.6g", dim, self.alpha_)
+        return self
+
+    def residual_norm(self, h: np.ndarray) -> np.ndarray:
+        """‖Rᵀ(h − u)‖ per row, float64."""
+        out = np.empty(len(h))
+        for rows in row_chunks(len(h), 8 * self.residual_.shape[1], 2**26):
+            out[rows] = np.linalg.norm((h[rows] - self.origin_) @ self.residual_, axis=1)
+        return out
+
+    def score(self, split: Split) -> FloatArray:
+        virtual = self.alpha_ * self.residual_norm(split.features)
+        return as_score(energy(split.head(split.features)) - virtual)

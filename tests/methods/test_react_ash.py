@@ -1,0 +1,115 @@
+"""ReAct + ASH against a loop composition: clip at an ID-val percentile, then ASH, energy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from optuna.trial import FixedTrial
+
+from oodcache.cache import Split
+from oodcache.search.base import CacheInfo, Stats
+from oodcache.search.methods.ash import ASH
+from oodcache.search.methods.react import ReAct
+from oodcache.search.methods.react_ash import ReActASH
+
+
+def make_split(h: object, w: object, b: object, *, name: str = "s", role: str = "id_val") -> Split:
+    h, w, b = (np.asarray(x, np.float32) for x in (h, w, b))
+    logits = np.asarray(h @ w.T + b, np.float32)
+    labels = np.zeros(len(h), np.int64)
+    return Split(name, role, name, labels, logits, h, w, b)
+
+
+def perc(values: list[float], q: float) -> float:
+    s = sorted(values)
+    pos = q / 100 * (len(s) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def lse(v: list[float]) -> float:
+    m = max(v)
+    return m + math.log(sum(math.exp(x - m) for x in v))
+
+
+def loop(
+    val: Split,
+    query: Split,
+    percentile: float,
+    ash_p: float,
+    variant: str,
+    threshold: float | None = None,
+) -> list[float]:
+    w, b = query.weight.tolist(), query.bias.tolist()
+    c = threshold if threshold is not None else perc(val.features.ravel().tolist(), percentile)
+    d = len(w[0])
+    k = d - int(np.round(d * ash_p / 100.0))
+    out = []
+    for h in query.features.tolist():
+        x = [min(v, c) for v in h]
+        # the top k of the clipped values, ties at c going to the larger unclipped value
+        kept = sorted(range(d), key=lambda j: (-x[j], -h[j]))[:k]  # noqa: B023
+        s1, s2 = sum(x), sum(x[j] for j in kept)
+        a = [0.0] * d
+        for j in kept:
+            a[j] = {"P": x[j], "B": s1 / k, "S": x[j] * math.exp(s1 / s2)}[variant]
+        out.append(lse([sum(w[i][j] * a[j] for j in range(d)) + b[i] for i in range(len(w))]))
+    return out
+
+
+def data(seed: int = 0) -> tuple[Split, Split]:
+    rng = np.random.default_rng(seed)
+    w, b = rng.normal(size=(3, 12)) * 0.5, rng.normal(size=3)
+    val = make_split(rng.exponential(size=(30, 12)), w, b, name="val")
+    query = make_split(rng.exponential(size=(9, 12)) * 1.5, w, b, name="q", role="near")
+    return val, query
+
+
+@pytest.mark.parametrize("variant", ["P", "B", "S"])
+def test_matches_loop(variant: str) -> None:
+    val, query = data()
+    stats = Stats(fit=val, id_val=val)
+    for percentile, ash_p in ((90.0, 90.0), (60.0, 50.0)):
+        scorer = ReActASH(percentile=percentile, ash_percentile=ash_p, variant=variant)  # type: ignore[arg-type]
+        got = scorer.fit(stats).score(query)
+        np.testing.assert_allclose(got, loop(val, query, percentile, ash_p, variant), rtol=1e-5)
+    scorer = ReActASH(percentile=5.0, ash_percentile=70.0, variant=variant, threshold=0.8)  # type: ignore[arg-type]
+    got = scorer.fit(stats).score(query)
+    np.testing.assert_allclose(got, loop(val, query, 5, 70, variant, threshold=0.8), rtol=1e-5)
+
+
+def test_ties_at_the_threshold_go_to_the_larger_raw_activation() -> None:
+    w, b = np.eye(4), np.zeros(4)
+    val = make_split([[0.0, 1.0, 2.0, 3.0]], w, b, name="val")
+    query = make_split([[5.0, 1.0, 9.0, 7.0]], w, b, name="q")  # clipped at 2: [2, 1, 2, 2]
+    scorer = ReActASH(percentile=200 / 3, ash_percentile=50.0, variant="P").fit(
+        Stats(fit=val, id_val=val)
+    )
+    assert scorer.threshold_ == 2.0
+    # k = 2 of the three tied 2s: units 2 and 3 (raw 9 and 7), not unit 0 (raw 5)
+    np.testing.assert_allclose(
+        scorer.score(query), np.log(1 + 1 + np.exp(2) + np.exp(2)), rtol=1e-6
+    )
+
+
+def test_limits_are_ash_and_react() -> None:
+    val, query = data(1)
+    stats = Stats(fit=val, id_val=val)
+    no_clip = ReActASH(percentile=100.0, ash_percentile=65.0, variant="S").fit(stats)
+    ash = ASH(percentile=65.0, variant="S")
+    assert np.array_equal(no_clip.score(val), ash.score(val))  # c = max of ID val
+    assert not np.allclose(no_clip.score(query), ash.score(query), rtol=1e-4)
+    no_prune = ReActASH(percentile=80.0, ash_percentile=0.0, variant="P").fit(stats)
+    react = ReAct(percentile=80.0).fit(stats)
+    assert np.array_equal(no_prune.score(query), react.score(query))
+
+
+def test_official_and_space() -> None:
+    info = CacheInfo("digits_resnet", "digits", 5, 128, ("avgpool",), 488)
+    official = ReActASH.official(info)
+    assert official == ReActASH(percentile=90.0, ash_percentile=90.0, variant="B", threshold=None)
+    trial = FixedTrial(ReActASH.to_trial(official.params()))
+    assert ReActASH(**ReActASH.space(trial, info)) == official

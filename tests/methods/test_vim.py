@@ -1,0 +1,117 @@
+"""ViM against an independent computation (general eigensolver, lstsq origin) (reference §5.2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from optuna.trial import FixedTrial
+
+from oodcache.cache import Split
+from oodcache.search.base import CacheInfo, Stats
+from oodcache.search.methods.vim import ViM, official_dim
+
+
+def make_split(h: object, w: object, b: object, *, name: str = "s", role: str = "id_val") -> Split:
+    h, w, b = (np.asarray(x, np.float32) for x in (h, w, b))
+    logits = np.asarray(h @ w.T + b, np.float32)
+    labels = np.zeros(len(h), np.int64)
+    return Split(name, role, name, labels, logits, h, w, b)
+
+
+def vim_reference(train: Split, query: Split, dim: int, *, centre: str = "u") -> np.ndarray:
+    """Written apart from the implementation: origin by least squares (the minimum-norm solution
+    of W u = -b is -W⁺b), covariance by a sum of outer products, general eigensolver."""
+    w, b = train.weight.astype(np.float64), train.bias.astype(np.float64)
+    h = train.features.astype(np.float64)
+    u = np.linalg.lstsq(w, -b, rcond=None)[0] if centre == "u" else h.mean(axis=0)
+    cov = sum(np.outer(x - u, x - u) for x in h) / len(h)
+    vals, vecs = np.linalg.eig(cov)
+    order = np.argsort(-vals.real)
+    resid = vecs.real[:, order[dim:]]
+    f_train = h @ w.T + b
+    alpha = f_train.max(axis=1).mean() / np.linalg.norm((h - u) @ resid, axis=1).mean()
+    q = query.features.astype(np.float64)
+    f = q @ w.T + b
+    energy = np.log(np.exp(f).sum(axis=1))
+    return np.asarray(energy - alpha * np.linalg.norm((q - u) @ resid, axis=1))
+
+
+def data(seed: int = 0) -> tuple[Split, Split]:
+    rng = np.random.default_rng(seed)
+    w, b = rng.normal(size=(4, 10)), rng.normal(size=4) * 3
+    scales = np.linspace(3.0, 0.2, 10)  # distinct variances
+    train = make_split(rng.normal(size=(300, 10)) * scales + 1.0, w, b, name="train", role="train")
+    query = make_split(rng.normal(size=(20, 10)) * 2 + 0.5, w, b)
+    return train, query
+
+
+@pytest.mark.parametrize("dim", [1, 3, 5, 9])
+def test_matches_reference(dim: int) -> None:
+    train, query = data()
+    got = ViM(dim=dim).fit(Stats(fit=train, id_val=query)).score(query)
+    np.testing.assert_allclose(got, vim_reference(train, query, dim), rtol=1e-5, atol=1e-5)
+
+
+def test_centred_at_u_not_the_mean() -> None:
+    train, query = data(1)
+    got = ViM(dim=4).fit(Stats(fit=train, id_val=query)).score(query)
+    assert not np.allclose(got, vim_reference(train, query, 4, centre="mean"), rtol=1e-3)
+
+
+def test_alpha_and_statistics_from_train() -> None:
+    train, query = data(2)
+    fit = make_split(query.features, query.weight, query.bias, name="fit", role="fit")
+    scorer = ViM(dim=3).fit(Stats(fit=fit, id_val=query, train_split=train))
+    np.testing.assert_allclose(scorer.score(query), vim_reference(train, query, 3), rtol=1e-5)
+    resid_norm = np.linalg.norm((train.features - scorer.origin_) @ scorer.residual_, axis=1)
+    f = train.features.astype(np.float64) @ train.weight.T + train.bias
+    np.testing.assert_allclose(scorer.alpha_, f.max(axis=1).mean() / resid_norm.mean(), rtol=1e-6)
+
+
+def test_refits_per_dim_with_a_cached_basis() -> None:
+    train, query = data(3)
+    frozen = make_split(train.features.copy(), train.weight, train.bias, name="train")
+    frozen.features.setflags(write=False)
+    for dim in (2, 6, 2, 8):  # memoised basis on read-only arrays, recomputed on writable ones
+        cached = ViM(dim=dim).fit(Stats(fit=frozen, id_val=query)).score(query)
+        fresh = ViM(dim=dim).fit(Stats(fit=train, id_val=query)).score(query)
+        np.testing.assert_allclose(cached, fresh, rtol=1e-6)
+        np.testing.assert_allclose(cached, vim_reference(train, query, dim), rtol=1e-5)
+    alphas = {ViM(dim=d).fit(Stats(fit=frozen, id_val=query)).alpha_ for d in (2, 6)}
+    assert len(alphas) == 2
+
+
+@pytest.mark.parametrize(
+    ("d", "dp"),
+    [(4096, 1000), (2048, 1000), (1024, 512), (768, 512), (512, 256), (342, 171), (128, 64)],
+)
+def test_official_dim(d: int, dp: int) -> None:
+    assert official_dim(d) == dp
+    info = CacheInfo("a", "b", 10, d, ("avgpool",), 100)
+    official = ViM.official(info)
+    assert official == ViM(dim=dp)
+    trial = FixedTrial(ViM.to_trial(official.params()))
+    assert ViM(**ViM.space(trial, info)) == official  # inside [D/16, D - D/16]
+
+
+@pytest.mark.parametrize(("d", "dims"), [(2048, [256, 1000]), (512, [256]), (128, None)])
+def test_grid(d: int, dims: list[int] | None) -> None:
+    info = CacheInfo("a", "b", 10, d, ("avgpool",), 100)
+    grid = ViM.grid(info)
+    assert grid == (None if dims is None else {"dim": dims})
+    for dim in dims or []:
+        ViM.space(FixedTrial({"dim": dim}), info)
+
+
+def test_default_dim_is_the_official_rule() -> None:
+    train, query = data(4)
+    assert np.array_equal(
+        ViM().fit(Stats(fit=train, id_val=query)).score(query),
+        ViM(dim=5).fit(Stats(fit=train, id_val=query)).score(query),
+    )
+
+
+def test_dim_must_leave_a_residual() -> None:
+    train, query = data(5)
+    with pytest.raises(ValueError, match="dim"):
+        ViM(dim=10).fit(Stats(fit=train, id_val=query))
