@@ -1,0 +1,143 @@
+"""Shared fixtures: one toy cache built by the real extract code, and a small synthetic cache
+writer.
+
+The toy cache trains the digits model on the CPU on first use (weights.pt beside the cache) and is
+reused by the whole session; tests that write beside a cache (studies, best parameters) get a copy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from oodcache.cache import CacheWriter
+from oodcache.extract.run import extract
+
+#: (role, number of samples) of every split of the synthetic cache, one split per role
+SYNTHETIC_SPLITS: dict[str, tuple[str, int]] = {
+    "fit": ("fit", 12),
+    "train": ("train", 12),
+    "sanity": ("sanity", 4),
+    "id_val": ("id_val", 6),
+    "id_test": ("id_test", 7),
+    "ood_val": ("ood_val", 5),
+    "near_set": ("near", 3),
+    "far_set": ("far", 9),
+}
+SYNTHETIC_LAYERS = {"l1": 2, "l2": 3}
+SYNTHETIC_K, SYNTHETIC_D = 3, 4
+
+
+#: ODIN pairs recorded in the toy cache: the official default and one alternative, so the ODIN
+#: search has a choice. Each temperature costs a backward pass and each pair a forward pass over
+#: every split; the benchmark's full OpenOOD grid (4 × 2) would make extraction about 2.5× slower.
+TOY_ODIN_GRID = [(1000.0, 0.0014), (1000.0, 0.0028)]
+
+
+@pytest.fixture(scope="session")
+def toy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits cache written by ``oodcache.extract.run.extract``.
+
+    Read it, never write beside it: tests that do use ``toy_copy``."""
+    out = tmp_path_factory.mktemp("toy") / "cache.h5"
+    extract("digits_resnet", "digits", out, odin_grid=TOY_ODIN_GRID, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_weights(toy_cache: Path) -> Path:
+    return toy_cache.parent / "weights.pt"
+
+
+@pytest.fixture
+def toy_copy(toy_cache: Path, tmp_path: Path) -> Path:
+    """A private copy of the toy cache (and its weights), for tests that write beside the cache."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy2(toy_cache, run / "cache.h5")
+    shutil.copy2(toy_cache.parent / "weights.pt", run / "weights.pt")
+    return run / "cache.h5"
+
+
+def synthetic_arrays(seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Deterministic random arrays for every split of the synthetic cache."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, Any]] = {}
+    for name, (role, n) in SYNTHETIC_SPLITS.items():
+        ood = role in ("ood_val", "near", "far")
+        labels = np.full(n, -1) if ood else rng.integers(0, SYNTHETIC_K, n)
+        out[name] = {
+            "role": role,
+            "labels": labels.astype(np.int64),
+            "logits": rng.normal(size=(n, SYNTHETIC_K)).astype(np.float32),
+            "features": rng.normal(size=(n, SYNTHETIC_D)).astype(np.float32),
+            "activations": {
+                layer: rng.normal(size=(n, c)).astype(np.float32)
+                for layer, c in SYNTHETIC_LAYERS.items()
+            },
+            "gradients": {
+                layer: rng.normal(size=(n, c)).astype(np.float32)
+                for layer, c in SYNTHETIC_LAYERS.items()
+            },
+        }
+    return out
+
+
+WriteCache = Callable[..., dict[str, dict[str, Any]]]
+
+
+@pytest.fixture
+def write_synthetic() -> WriteCache:
+    """``write(path, seed=0, attrs=None, fail_after=None)`` writes a small cache with CacheWriter
+    (every role, two layers, rows in two batches) and returns the arrays it wrote. ``fail_after``
+    raises RuntimeError inside the writer after that many splits."""
+
+    def write(
+        path: Path,
+        *,
+        seed: int = 0,
+        attrs: Mapping[str, Any] | None = None,
+        fail_after: int | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        arrays = synthetic_arrays(seed)
+        rng = np.random.default_rng(seed + 1000)
+        weight = rng.normal(size=(SYNTHETIC_K, SYNTHETIC_D)).astype(np.float32)
+        bias = rng.normal(size=SYNTHETIC_K).astype(np.float32)
+        attrs = dict(attrs or {"arch": "toy_arch", "benchmark": "toy_bench"})
+        with CacheWriter(
+            path, attrs=attrs, weight=weight, bias=bias, layers=list(SYNTHETIC_LAYERS)
+        ) as w:
+            for i, (name, (role, n)) in enumerate(SYNTHETIC_SPLITS.items()):
+                if fail_after is not None and i == fail_after:
+                    raise RuntimeError("simulated failure while writing")
+                s = w.create_split(
+                    name,
+                    role=role,
+                    dataset=f"ds-{name}",
+                    n=n,
+                    dim=SYNTHETIC_D,
+                    channels=SYNTHETIC_LAYERS,
+                )
+                a = arrays[name]
+                layered = role != "train"
+                for rows in (slice(0, n // 2), slice(n // 2, n)):
+                    s.write(
+                        labels=a["labels"][rows],
+                        logits=a["logits"][rows],
+                        features=a["features"][rows],
+                        activations=(
+                            {k: v[rows] for k, v in a["activations"].items()} if layered else None
+                        ),
+                        gradients=(
+                            {k: v[rows] for k, v in a["gradients"].items()} if layered else None
+                        ),
+                    )
+        arrays["head"] = {"weight": weight, "bias": bias}
+        return arrays
+
+    return write
