@@ -46,9 +46,19 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default: %(default)s)")
     p.add_argument(
         "--sampler",
-        choices=("tpe", "random", "grid"),
+        choices=("tpe", "random", "cmaes", "grid"),
         default="tpe",
         help="Optuna sampler (default: tpe); grid = the method's official grid, once",
+    )
+    p.add_argument(
+        "--objective",
+        choices=("auroc", "fpr95", "both"),
+        default="auroc",
+        help="maximise AUROC (default), minimise FPR@95, or both (multi-objective: the Pareto "
+        "front is recorded; the chosen trial is the front's highest-AUROC one)",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=1, help="worker processes on the same study (default: 1)"
     )
 
 
@@ -118,9 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="tune a method's hyperparameters from the cache with Optuna",
         description="Create or resume the Optuna study of (cache, method), persisted "
         "beside the cache, maximising AUROC of ID val vs OOD val. The official defaults "
-        "are enqueued as trial 0. Test splits are never read. Writes best/<method>.json.",
+        "are enqueued as trial 0. Test splits are never read. Writes best/<method>.json. "
+        "For many workers on many machines, run the same command everywhere with "
+        "--storage postgresql://user@host/db (Optuna's distributed recipe).",
     )
-    _cache_arg(p)
+    p.add_argument(
+        "--cache",
+        type=Path,
+        nargs="+",
+        default=[cache_path("digits", "digits_resnet")],
+        help="cache file(s); several caches (e.g. one per checkpoint) are searched in turn "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--method", default="all", help="method key, or 'all' (default) - see `oodcache methods`"
     )
@@ -152,14 +171,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
-        "report", help="metrics of every searched method on the test splits (Markdown, CSV)"
+        "report",
+        help="metrics of every searched method on the test splits (Markdown, HTML, CSV, LaTeX)",
+        description="Replay the tuned parameters on every split, then write report/ beside the "
+        "cache: report.md, a self-contained report.html with figures, results.csv, results.tex. "
+        "Several --cache (checkpoints of one benchmark/arch) add a mean ± std report.",
     )
-    _cache_arg(p)
+    p.add_argument(
+        "--cache",
+        type=Path,
+        action="append",
+        default=None,
+        help=f"cache file; repeat for several checkpoints (default: "
+        f"{cache_path('digits', 'digits_resnet')})",
+    )
     p.add_argument(
         "--fpr",
         choices=("classic", "openood"),
         default="classic",
         help="FPR@95 convention: classic = OOD accepted at 95%% ID recall (default)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples for the 95%% intervals; 0 = none (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures (faster)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder of the mean ± std report of several checkpoints "
+        "(default: report_<arch>_mean beside the run folders)",
     )
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded digits benchmark")
@@ -323,9 +369,13 @@ def _search_all(
             seed=args.seed,
             storage=storage,
             sampler=args.sampler,
+            objective=getattr(args, "objective", "auroc"),
+            jobs=getattr(args, "jobs", 1),
             progress=not args.quiet and method == methods[0] and len(methods) == 1,
         )
         sanity = rec["sanity_auroc"]
+        if "pareto" in rec:
+            print(f"{method:<10} Pareto front: {len(rec['pareto'])} trials (AUROC vs FPR@95)")
         print(
             f"{method:<10} val AUROC {100 * rec['value']:6.2f}  FPR@95 {100 * rec['fpr95']:6.2f}  "
             f"sanity {100 * sanity if sanity is not None else float('nan'):6.2f}  "
@@ -340,7 +390,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     methods = sorted(scorers()) if args.method == "all" else [args.method]
     if args.storage and len(methods) > 1 and "://" not in args.storage:
         raise ConfigError("--storage with a journal file needs a single --method")
-    _search_all(args.cache, methods, args, args.storage)
+    for cache in args.cache:
+        if len(args.cache) > 1:
+            print(f"== {cache}")
+        _search_all(cache, methods, args, args.storage)
     return 0
 
 
@@ -371,13 +424,23 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from oodcache.evaluate.replay import load_best, searched_methods, write_scores
-    from oodcache.evaluate.report import build_report
+    from oodcache.evaluate.report import build_checkpoint_report
 
-    for method in searched_methods(args.cache):
-        write_scores(args.cache, method, load_best(args.cache, method)["params"])
-    md, out = build_report(args.cache, fpr_convention=args.fpr)
+    caches = args.cache if isinstance(args.cache, list) else [args.cache]
+    caches = [c or cache_path("digits", "digits_resnet") for c in caches]
+    for cache in caches:
+        for method in searched_methods(cache):
+            write_scores(cache, method, load_best(cache, method)["params"])
+    md, out = build_checkpoint_report(
+        caches,
+        fpr_convention=args.fpr,
+        out_dir=getattr(args, "out", None),
+        n_boot=getattr(args, "bootstrap", 1000),
+        seed=getattr(args, "seed", 0),
+        figures=not getattr(args, "no_figures", False),
+    )
     print(md)
-    print(f"\nreport written: {out / 'report.md'}, {out / 'results.csv'}")
+    print(f"\nreport written: {out / 'report.html'}, {out / 'report.md'}, {out / 'results.csv'}")
     return 0
 
 
