@@ -15,7 +15,7 @@ CACHE_ROOT = Path("cache")
 
 
 def run_dir(benchmark: str, arch: str, root: Path = CACHE_ROOT) -> Path:
-    """Folder of one (benchmark, arch) run: cache file, studies, best parameters, scores, report."""
+    """Folder of one (benchmark, arch) run: cache, studies, best parameters, scores, report."""
     return root / benchmark / arch
 
 
@@ -39,30 +39,67 @@ def report_dir(cache_file: Path) -> Path:
     return cache_file.parent / "report"
 
 
+def splits_dir(cache_file: Path) -> Path:
+    """Image lists of the generated ``fit``/``sanity``/``train`` subsets and of skipped images."""
+    return cache_file.parent / "splits"
+
+
+#: OpenOOD v1.5 checkpoints live under ``<torch hub>/checkpoints/<this>/<run>/s<seed>/best.ckpt``
+#: (the torch hub folder is ``$TORCH_HOME/hub``, by default ``~/.cache/torch/hub``).
+OPENOOD_CHECKPOINTS = "openood"
+
+
 class ConfigError(ValueError):
     """A config file is missing, malformed, or has unknown or missing keys."""
+
+
+class MissingFileError(ConfigError, FileNotFoundError):
+    """A weights file or benchmark data folder is not where the config expects it; the message
+    names the exact path and how to provide it. Nothing is ever downloaded."""
+
+
+#: How a recorded layer's output is pooled per channel (implemented in ``extract/recorder.py``).
+LAYER_REDUCTIONS = ("sum_hw", "sum_tokens", "cls_token")
+#: Where an architecture's test-time preprocessing comes from (``preprocess: {from: ...}``).
+PREPROCESS_SOURCES = ("torchvision", "timm", "benchmark")
+#: Kinds of default weights an arch YAML may name (``weights: {<kind>: ...}``).
+WEIGHTS_KINDS = ("torchvision", "timm", "openood", "file")
 
 
 @dataclass(frozen=True)
 class LayerSpec:
     """One recorded layer: its module name and how its output is pooled per channel.
 
-    reduction: ``sum`` sums over every non-channel position (H, W or tokens), ``cls`` keeps token 0.
+    reduction: ``sum_hw`` sums over H, W (an (N, C) output passes through), ``sum_tokens`` sums
+    (N, T, C) over all tokens, ``cls_token`` keeps token 0.
     """
 
     module: str
-    reduction: str = "sum"
+    reduction: str = "sum_hw"
 
 
 @dataclass(frozen=True)
 class ArchConfig:
+    """An architecture: builder, head module, recorded layers, preprocessing and default weights.
+
+    ``num_classes: null`` takes the benchmark's class count (OpenOOD's CIFAR ResNet-18 serves
+    CIFAR-10 and CIFAR-100). ``preprocess`` says where test-time transforms come from:
+    ``{from: torchvision, weights: <Enum.MEMBER>}``, ``{from: timm}`` (data config of
+    ``options.model``) or ``{from: benchmark}`` (the benchmark's ``options.preprocess``).
+    ``weights`` names the default weights file: ``{torchvision: <Enum.MEMBER>}``, ``{timm: true}``
+    (Hugging Face cache of ``options.model``), ``{openood: {<benchmark>: <run>/s0/best.ckpt}}`` or
+    ``{file: <name>}`` (both under the torch hub checkpoints folder); ``--weights PATH`` overrides.
+    """
+
     name: str
     builder: str
     head: str
     layers: dict[str, LayerSpec]
-    num_classes: int
+    num_classes: int | None
     input_size: int
     in_channels: int = 3
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,6 +152,11 @@ def available(kind: str) -> list[str]:
 
 
 def _config_file(kind: str, name: str) -> Path:
+    if name.endswith((".yaml", ".yml")):  # a config outside the repository, given by its path
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"{kind[:-1]} config file not found: {path}")
+        return path
     path = CONFIG_DIR / kind / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(
@@ -125,6 +167,10 @@ def _config_file(kind: str, name: str) -> Path:
 
 
 def load_arch(name: str) -> ArchConfig:
+    """An arch config by name (``configs/archs/<name>.yaml``) or by the path of a YAML file.
+
+    (``timm:<model>`` names are resolved by ``oodcache.extract.models.resolve_arch``.)
+    """
     path = _config_file("archs", name)
     data = _load_yaml(path)
     layers = data.get("layers")
@@ -134,10 +180,38 @@ def load_arch(name: str) -> ArchConfig:
         alias: _build(LayerSpec, spec if isinstance(spec, dict) else {"module": spec}, path)
         for alias, spec in layers.items()
     }
-    return _build(ArchConfig, data, path)
+    arch: ArchConfig = _build(ArchConfig, data, path)
+    validate_arch(arch, str(path))
+    return arch
+
+
+def validate_arch(arch: ArchConfig, where: str) -> None:
+    """Check reductions, preprocessing source and weights kind; errors name ``where``."""
+    for alias, spec in arch.layers.items():
+        if spec.reduction not in LAYER_REDUCTIONS:
+            raise ConfigError(
+                f"{where}: layer {alias!r} has reduction {spec.reduction!r}; "
+                f"choose from {list(LAYER_REDUCTIONS)}"
+            )
+    source = arch.preprocess.get("from")
+    if arch.preprocess and source not in PREPROCESS_SOURCES:
+        raise ConfigError(
+            f"{where}: preprocess.from is {source!r}; choose from {list(PREPROCESS_SOURCES)}"
+        )
+    if source == "torchvision" and "weights" not in arch.preprocess:
+        raise ConfigError(f"{where}: preprocess from torchvision needs 'weights: <Enum.MEMBER>'")
+    kinds = sorted(set(arch.weights) & set(WEIGHTS_KINDS))
+    if arch.weights and len(kinds) != 1:
+        raise ConfigError(
+            f"{where}: 'weights' needs exactly one of {list(WEIGHTS_KINDS)}, "
+            f"got {sorted(arch.weights)}"
+        )
+    if arch.num_classes is not None and arch.num_classes < 1:
+        raise ConfigError(f"{where}: num_classes must be positive (or null: the benchmark's)")
 
 
 def load_benchmark(name: str) -> BenchmarkConfig:
+    """A benchmark config by name (``configs/benchmarks/<name>.yaml``) or by a YAML file's path."""
     path = _config_file("benchmarks", name)
     data = _load_yaml(path)
     splits = data.get("splits")
