@@ -110,6 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", type=Path, default=None, help="root folder of the benchmark's images")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward/backward pass")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        default=None,
+        help="skip unreadable images and record them in <split>.skipped.txt (default: fail)",
+    )
+    p.add_argument(
+        "--no-odin",
+        action="store_true",
+        help="do not record ODIN-perturbed logits (saves 4 backward + 8 forward passes per batch)",
+    )
+
+    p = sub.add_parser(
+        "layers", help="list an architecture's hookable modules with output shapes (for --layers)"
+    )
+    p.add_argument("--arch", required=True, help=f"architecture (available: {available('archs')})")
+    p.add_argument("--input-size", type=int, default=None, help="override the input side")
 
     p = sub.add_parser(
         "info", help="describe a cache: splits, roles, sizes, layers, dtypes, provenance"
@@ -241,6 +259,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
         weights=args.weights,
         data=args.data,
         batch_size=args.batch_size,
+        workers=args.workers,
+        skip_bad=args.skip_bad,
+        odin_grid=[] if args.no_odin else None,
         progress=not args.quiet,
     )
     print(f"cache written: {out}")
@@ -330,13 +351,23 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_layers(args: argparse.Namespace) -> int:
+    from oodcache.extract.models import list_layers
+
+    rows = list_layers(args.arch, args.input_size)
+    print(f"{'module':<48}{'type':<24}output shape (per sample)")
+    for name, kind, shape in rows:
+        print(f"{name:<48}{kind:<24}{tuple(shape)}")
+    return 0
+
+
 def cmd_archs(args: argparse.Namespace) -> int:
     from oodcache.config import load_arch
 
     for name in available("archs"):
         a = load_arch(name)
         print(
-            f"{name:<16} builder {a.builder}, {a.num_classes} classes, input {a.input_size}px, "
+            f"{name:<16} builder {a.builder}, {a.num_classes or 'K of the benchmark'} classes, input {a.input_size}px, "
             f"head {a.head}, layers {list(a.layers)}"
         )
     return 0
@@ -481,6 +512,7 @@ COMMANDS = {
     "info": cmd_info,
     "methods": cmd_methods,
     "archs": cmd_archs,
+    "layers": cmd_layers,
     "benchmarks": cmd_benchmarks,
     "search": cmd_search,
     "score": cmd_score,
