@@ -367,7 +367,8 @@ def cmd_archs(args: argparse.Namespace) -> int:
     for name in available("archs"):
         a = load_arch(name)
         print(
-            f"{name:<16} builder {a.builder}, {a.num_classes or 'K of the benchmark'} classes, input {a.input_size}px, "
+            f"{name:<16} builder {a.builder}, {a.num_classes or 'K of the benchmark'} classes, "
+            f"input {a.input_size}px, "
             f"head {a.head}, layers {list(a.layers)}"
         )
     return 0
