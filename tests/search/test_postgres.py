@@ -88,10 +88,12 @@ def _search(cache: Path, url: str, trials: int, seed: int) -> subprocess.Popen[b
 
 def test_concurrent_workers_lose_and_duplicate_no_trial(toy_copy: Path, postgres_url: str) -> None:
     first = _search(toy_copy, postgres_url, 1, 0)  # creates the study; trial 0 = the default
-    assert first.wait(timeout=300) == 0, first.communicate()[1].decode()
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err.decode()
     workers = [_search(toy_copy, postgres_url, 6, seed) for seed in (1, 2, 3)]
-    for w in workers:
-        assert w.wait(timeout=300) == 0, w.communicate()[1].decode()
+    for w in workers:  # all three run concurrently; communicate() also closes the pipes
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err.decode()
 
     with Cache(toy_copy) as cache:
         name = f"{cache.benchmark}/{cache.arch}/{cache.fingerprint()}/{study_name('lhact')}"
