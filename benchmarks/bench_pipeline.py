@@ -47,7 +47,7 @@ class Timers:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self.calls: dict[str, list[tuple[Any, float]]] = {}
+        self.calls: dict[str, list[tuple[Any, float, Any]]] = {}
         self._undo: list[tuple[Any, str, Any]] = []
 
     def wrap(self, module: Any, attr: str, name: str, label: int | None = None) -> None:
@@ -55,13 +55,12 @@ class Timers:
 
         def timed(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                dt = time.perf_counter() - t0
-                self.seconds[name] = self.seconds.get(name, 0.0) + dt
-                key = args[label] if label is not None and len(args) > label else None
-                self.calls.setdefault(name, []).append((key, dt))
+            result = original(*args, **kwargs)
+            dt = time.perf_counter() - t0
+            self.seconds[name] = self.seconds.get(name, 0.0) + dt
+            key = args[label] if label is not None and len(args) > label else None
+            self.calls.setdefault(name, []).append((key, dt, result))
+            return result
 
         setattr(module, attr, timed)
         self._undo.append((module, attr, original))
@@ -190,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     s = timers.seconds
     train, extract = s.get("train", 0.0), s.get("extract", 0.0)
     images = sum(sizes.values())
-    searched = dict(timers.calls.get("search", []))
+    searched = {key: dt for key, dt, _ in timers.calls.get("search", [])}
+    trials = {key: int(rec.get("n_trials", args.trials)) for key, _, rec in timers.calls["search"]}
     nac_s = searched.get("nac")
     report_s = total - extract - s.get("search", 0.0)
     rows = [
@@ -201,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             extract - train,
             f"{images} images, {images / max(extract - train, 1e-9):.0f} img/s",
         ),
-        (f"search, {len(searched)} methods x {args.trials} trials", s.get("search", 0.0), ""),
-        *((f"  {k}", v, f"{args.trials / v:.1f} trials/s") for k, v in sorted(searched.items())),
+        (f"search, {len(searched)} methods, up to {args.trials} trials", s.get("search", 0.0), ""),
+        *(
+            (f"  {k}", v, f"{trials[k]:>3} trials, {trials[k] / v:.1f} trials/s")
+            for k, v in sorted(searched.items())
+        ),
         (
             "report (replay, metrics, tables, figures)",
             report_s,
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if nac_s:
         print(
-            f"NAC on the digits cache: {args.trials / nac_s:.1f} trials/s as the study ran "
+            f"NAC on the digits cache: {trials['nac'] / nac_s:.1f} trials/s as the study ran "
             f"(Optuna, loading the splits included); objective alone {nac_objective:.1f} "
             f"trials/s (first trial {nac_first:.3f}s, sorts included)"
         )

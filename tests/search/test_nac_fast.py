@@ -271,6 +271,33 @@ def test_non_monotone_sigmoid_inside_a_band(monkeypatch: pytest.MonkeyPatch, ste
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
 
+def test_block_of_zero_products_on_the_wrong_side(
+    monkeypatch: pytest.MonkeyPatch, steps: str
+) -> None:
+    """The states of o·g = 0 are computed once for the whole block; a sigmoid that puts them above
+    0.5 while the tiny positive products next to them fall below still gives the exact bins."""
+    original: Callable[[np.ndarray, float], np.ndarray] = nac.states_of_products
+
+    def odd_zero(products: np.ndarray, alpha: float) -> np.ndarray:
+        p = np.asarray(products, np.float32)
+        z = original(p, alpha)
+        shifted = np.where(p == 0, np.nextafter(z, np.float32(1)), np.nextafter(z, np.float32(0)))
+        return np.asarray(np.where(np.abs(p) < 1e-6, shifted, z))
+
+    monkeypatch.setattr(nac, "states_of_products", odd_zero)
+    rng = np.random.default_rng(8)
+    g = np.concatenate([np.zeros(400), rng.uniform(-1e-9, 1e-9, 400), rng.normal(0, 1, 400)])
+    g = rng.permutation(g).astype(np.float32).reshape(40, 30)
+    o = np.ones_like(g)
+    edges = bin_edges(50)
+    bins = fast_bin_index(o, g, 1.0, edges)
+    assert np.array_equal(bins, def_bins(odd_zero(o * g, 1.0), edges))
+    sp = sort_products(o, g)
+    assert sp is not None
+    runs = nac._runs(sp, edges, 1.0, state_bands(edges, 1.0))
+    assert runs is not None and runs.pos.size > 0
+
+
 def test_bands_set_boundaries_and_exceptions_are_rare(steps: str) -> None:
     """With numpy's sigmoid a band's boundary goes where its states cross the edge, so almost no
     state is an exception, even when every state is in one band (tiny α: ẑ ≈ 0.5)."""

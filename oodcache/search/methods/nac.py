@@ -341,46 +341,67 @@ def _runs(
     """Bin boundaries in the sorted products; None when bands overlap (use the direct path).
 
     Entries below a[k] have ẑ < e_k and entries from b[k] on have ẑ >= e_k for sure; those in
-    between get the definition's float32 state and comparison. q[k] puts the boundary after the
-    band's states below e_k, which is exact when the band is monotone (otherwise: exceptions)."""
+    between get the definition's float32 state and comparison (once for the block of o·g = 0,
+    whose states are all σ₃₂(0)). q[k] puts the boundary after the band's states below e_k,
+    which is exact when the band is monotone (otherwise the odd states become exceptions)."""
     a = np.searchsorted(sp.p, bands[0], side="left")
     b = np.searchsorted(sp.p, bands[1], side="right")
     if (a[1:] < b[:-1]).any():
         return None
-    q, lens = a.copy(), b - a
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    small = np.flatnonzero((lens > 0) & (lens < _PIECE))
-    if small.size:  # many short bands: one vectorised pass
-        size = lens[small]
-        start = np.cumsum(size) - size
-        k = np.repeat(small, size)
-        pos = np.arange(int(size.sum())) + np.repeat(a[small] - start, size)
-        above = states_of_products(sp.p[pos], alpha) >= edges[k]  # the definition's comparison
-        q[small] += size - np.add.reduceat(above.astype(np.int64), start)
-        odd = np.flatnonzero(above != (pos >= q[k]))  # float32 sigmoid not monotone here: rare
-        found.append((pos[odd], (k + above)[odd], k[odd] + (pos[odd] >= q[k[odd]])))
+    q = a.copy()
+    band = np.flatnonzero(b > a)
+    lo, hi = a[band], b[band]
+    const: list[tuple[int, int, int, bool]] = []  # (band, start, stop, above) of a block of zeros
+    z0, z1 = (int(np.searchsorted(sp.p, np.float32(0), side=side)) for side in ("left", "right"))
+    holder = np.flatnonzero((lo <= z0) & (z1 <= hi)) if z1 - z0 > 64 else np.zeros(0, np.intp)
+    zero = states_of_products(np.array([0.0, -0.0], np.float32), alpha)
+    if holder.size and zero[0] == zero[1]:  # o·g = ±0: one state, σ₃₂(0), for the whole block
+        h, zb = int(holder[0]), int(band[holder[0]])
+        const.append((zb, z0, z1, bool(zero[0] >= edges[zb])))
+        band, lo, hi = np.r_[band, zb], np.r_[lo, z1], np.r_[hi, hi[h]]
+        hi[h] = z0
+        keep = hi > lo
+        band, lo, hi = band[keep], lo[keep], hi[keep]
+    size = hi - lo
+    short = size < _PIECE
+    # 1. the definition's comparison for every state in a band
+    k_s, size_s = band[short], size[short]
+    first = np.cumsum(size_s) - size_s
+    pos = np.arange(int(size_s.sum())) + np.repeat(lo[short] - first, size_s)
+    k = np.repeat(k_s, size_s)
+    above = states_of_products(sp.p[pos], alpha) >= edges[k]
     pieces = [
-        (int(k), i, min(i + _PIECE, int(b[k])))
-        for k in np.flatnonzero(lens >= _PIECE)
-        for i in range(int(a[k]), int(b[k]), _PIECE)
+        (int(kk), i, min(i + _PIECE, int(e)))
+        for kk, s_, e in zip(band[~short], lo[~short], hi[~short], strict=True)
+        for i in range(int(s_), int(e), _PIECE)
     ]
-    if pieces:  # long bands (e.g. every state near 0.5 when α·p is tiny): slices, in parallel
 
-        def above_in(piece: tuple[int, int, int]) -> np.ndarray:
-            band, i, j = piece
-            return np.asarray(states_of_products(sp.p[i:j], alpha) >= edges[band])
+    def above_in(piece: tuple[int, int, int]) -> np.ndarray:
+        kk, i, j = piece
+        return np.asarray(states_of_products(sp.p[i:j], alpha) >= edges[kk])
 
-        aboves = _map(above_in, pieces)
-        for (band, i, j), above in zip(pieces, aboves, strict=True):
-            q[band] += j - i - np.count_nonzero(above)
-        for (band, i, j), above in zip(pieces, aboves, strict=True):
-            cut = min(max(int(q[band]) - i, 0), j - i)
-            if np.count_nonzero(above[:cut]) or np.count_nonzero(above[cut:]) < j - i - cut:
-                odd = np.flatnonzero(above != (np.arange(j - i) >= cut))
-                found.append((i + odd, band + above[odd], band + (i + odd >= q[band])))
-    if not found:
-        none = np.zeros(0, np.int64)
-        return _Runs(q, none, none, none)
+    aboves = _map(above_in, pieces)  # long bands (every state near 0.5 when α·p is tiny)
+    # 2. boundaries: after the states below e_k
+    if k_s.size:
+        below = size_s - np.add.reduceat(above.astype(np.int64), first) if pos.size else size_s
+        np.add.at(q, k_s, below)
+    for (kk, i, j), piece in zip(pieces, aboves, strict=True):
+        q[kk] += j - i - np.count_nonzero(piece)
+    for kk, i, j, up in const:
+        q[kk] += 0 if up else j - i
+    # 3. exceptions: states on the wrong side of their band's boundary (non-monotone sigmoid)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    odd = np.flatnonzero(above != (pos >= q[k]))
+    found.append((pos[odd], k[odd] + above[odd], k[odd] + (pos[odd] >= q[k[odd]])))
+    for (kk, i, j), piece in zip(pieces, aboves, strict=True):
+        cut = min(max(int(q[kk]) - i, 0), j - i)
+        if np.count_nonzero(piece[:cut]) or np.count_nonzero(piece[cut:]) < j - i - cut:
+            odd = np.flatnonzero(piece != (np.arange(j - i) >= cut))
+            found.append((i + odd, kk + piece[odd], kk + (i + odd >= q[kk])))
+    for kk, i, j, up in const:
+        cut = min(max(int(q[kk]) - i, 0), j - i)
+        wrong = np.arange(i, i + cut) if up else np.arange(i + cut, j)
+        found.append((wrong, np.full(wrong.size, kk + up), kk + (wrong >= q[kk])))
     pos, true, assumed = (np.concatenate(x).astype(np.int64) for x in zip(*found, strict=True))
     return _Runs(q, pos, true, assumed)
 
