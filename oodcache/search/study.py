@@ -331,8 +331,13 @@ def run_search(
         "objective": objective,
     }
     jobs = max(1, min(jobs, todo)) if todo else 1
-    if todo and jobs == 1:
-        _optimize(cache_path, method, n_trials=todo, seed=seed, progress=progress, **common)
+    if todo and jobs == 1:  # in process: reuse the splits and the study loaded above
+        study.optimize(
+            Objective(cls, inputs, objective),
+            n_trials=todo,
+            timeout=timeout,
+            show_progress_bar=progress,
+        )
     elif todo:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
