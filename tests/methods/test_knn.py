@@ -146,3 +146,20 @@ def test_official_and_space() -> None:
     assert KNN.grid(small) is None
     for k in (50, 100, 200):
         KNN.space(FixedTrial({"k": k}), digits)
+
+
+def test_memoised_nearest_table_equals_a_fresh_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read-only queries read the k-th column of a memoised sorted table; every k, also beyond
+    the kept columns (a fresh search), gives the bits of a search on a writable copy."""
+    rng = np.random.default_rng(9)
+    b, h = rng.normal(size=(40, 6)).astype(np.float32), rng.normal(size=(15, 6)).astype(np.float32)
+    b.setflags(write=False)
+    h.setflags(write=False)
+    bank = make_split(b, name="train", role="train")
+    frozen, writable = make_split(h), make_split(h.copy())
+    monkeypatch.setattr(knn, "NEAREST_KEPT", 10)
+    for k in (1, 2, 7, 10, 11, 40):
+        scorer = KNN(k=k).fit(stats_for(bank))
+        np.testing.assert_array_equal(scorer.score(frozen), scorer.score(writable))
+        np.testing.assert_allclose(scorer.score(frozen), knn_loop(bank.features, h, k), atol=1e-5)
+    assert any(tag == "knn_nearest" for tag, _ in ops._MEMO)

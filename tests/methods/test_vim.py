@@ -7,6 +7,7 @@ import pytest
 from optuna.trial import FixedTrial
 
 from oodcache.cache import Split
+from oodcache.search import ops
 from oodcache.search.base import CacheInfo, Stats
 from oodcache.search.methods.vim import ViM, official_dim
 
@@ -79,6 +80,18 @@ def test_refits_per_dim_with_a_cached_basis() -> None:
         np.testing.assert_allclose(cached, vim_reference(train, query, dim), rtol=1e-5)
     alphas = {ViM(dim=d).fit(Stats(fit=frozen, id_val=query)).alpha_ for d in (2, 6)}
     assert len(alphas) == 2
+
+
+def test_search_splits_read_their_memoised_residual_table() -> None:
+    """All arrays read-only (as a study loads them): basis and per-dim residual norms memoised,
+    every dim still equal to the reference."""
+    train, query = data(4)
+    for a in (train.features, train.weight, train.bias, query.features):
+        a.setflags(write=False)
+    for dim in (1, 7, 3):
+        got = ViM(dim=dim).fit(Stats(fit=train, id_val=query)).score(query)
+        np.testing.assert_allclose(got, vim_reference(train, query, dim), rtol=1e-5, atol=1e-5)
+    assert any(tag == "vim_residual_norms" for tag, _ in ops._MEMO)
 
 
 @pytest.mark.parametrize(

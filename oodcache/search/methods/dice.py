@@ -23,14 +23,16 @@ import optuna
 
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
-from oodcache.search.ops import FloatArray, as_score, dice_weight, energy, memo
+from oodcache.search.ops import FloatArray, as_score, dice_weight, energy, memo, readonly
 
 log = logging.getLogger(__name__)
 
 
 def feature_mean(features: np.ndarray) -> np.ndarray:
     """μ = mean of h over rows, float64 (memoised per read-only array: fit runs every trial)."""
-    return memo("feature_mean", (features,), lambda: features.mean(axis=0, dtype=np.float64))
+    return memo(
+        "feature_mean", (features,), lambda: readonly(features.mean(axis=0, dtype=np.float64))
+    )
 
 
 @dataclass

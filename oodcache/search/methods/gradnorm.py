@@ -6,8 +6,9 @@ backward pass; equal to the autograd value through a per-sample copy of the head
 (a confident prediction is far from uniform and has a large gradient).
 Paper: Huang, Geng & Li, NeurIPS 2021, arXiv:2110.00218.
 Official code: github.com/deeplearning-wisc/gradnorm_ood
-Reads: features, head (f = head(h), consistent with h). Statistics: none. Defaults: T = 1
-(official, OpenOOD v1.5), trial 0. Space: none (T is fixed). Deviations: none.
+Reads: features, head (f = head(h), consistent with h; f in float32 and ‖h‖₁ are computed once per
+split). Statistics: none. Defaults: T = 1 (official, OpenOOD v1.5), trial 0. Space: none (T is
+fixed). Deviations: none.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from oodcache.cache import Split
 from oodcache.search.base import Scorer
-from oodcache.search.ops import FloatArray, as_score, softmax
+from oodcache.search.ops import FloatArray, as_score, head_logits, memo, scaled
 
 
 @dataclass
@@ -28,7 +29,9 @@ class GradNorm(Scorer):
     temperature: float = 1.0
 
     def score(self, split: Split) -> FloatArray:
-        h = np.asarray(split.features, np.float64)
-        p = softmax(h @ split.weight.T.astype(np.float64) + split.bias, self.temperature)
-        spread = np.abs(p.shape[1] * p - 1.0).sum(axis=1)
-        return as_score(np.abs(h).sum(axis=1) * spread / self.temperature)
+        z = scaled(head_logits(split.features, split.weight, split.bias), self.temperature)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        total = e.sum(axis=1, keepdims=True, dtype=np.float64)
+        spread = np.abs(e * (e.shape[1] / total) - 1.0).sum(axis=1)  # Σ_k |K·p_k − 1|
+        l1 = memo("l1_norm", (split.features,), lambda: np.abs(split.features).sum(1, np.float64))
+        return as_score(l1 * spread / self.temperature)

@@ -14,7 +14,8 @@ ImageNet-1K ResNet-50). Both are capped at the fit-split size. Space: integer k 
 [1, min(2000, fit-split size)] (the fit size stands for the bank size, which ``CacheInfo`` lacks);
 grid {50, 100, 200, 500, 1000} (OpenOOD v1.5) up to that size.
 Deviations: none. Queries are processed in chunks so that no (queries × bank) block exceeds
-``CHUNK_BYTES``; distances use ‖a‖² + ‖b‖² − 2a·b in float32 on exactly normalised vectors.
+``CHUNK_BYTES``; distances use ‖a‖² + ‖b‖² − 2a·b in float32 on exactly normalised vectors. The
+search splits' 2,000 nearest distances are computed once and kept (memo), so a trial is a lookup.
 """
 
 from __future__ import annotations
@@ -28,11 +29,23 @@ import optuna
 
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
-from oodcache.search.ops import FloatArray, as_score, l2_normalize, memo, row_chunks
+from oodcache.search.ops import (
+    FloatArray,
+    as_score,
+    l2_normalize,
+    memo,
+    readonly,
+    row_chunks,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 2**20  #: budget of one (queries × bank) distance block
+
+
+#: nearest distances kept per query row, so that every k up to this (the space's upper bound)
+#: reads a memoised sorted table instead of searching the bank again
+NEAREST_KEPT = 2000
 
 
 def normalized_bank(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,25 +55,45 @@ def normalized_bank(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         z = np.empty(features.shape, np.float32)
         for rows in row_chunks(len(features), 8 * features.shape[1], 2**26):
             z[rows] = l2_normalize(features[rows])
-        return z, np.einsum("ij,ij->i", z, z)
+        return readonly(z), readonly(np.einsum("ij,ij->i", z, z))
 
     return memo("knn_bank", (features,), compute)
 
 
-def kth_sq_distance(
+def nearest_sq_distances(
     queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray, k: int
 ) -> np.ndarray:
-    """Squared L2 distance (N,) from each L2-normalised query row to its k-th nearest row of the
-    normalised bank, exact; no (queries × bank) block exceeds ``CHUNK_BYTES``."""
-    out = np.empty(len(queries), np.float32)
+    """(N, k) squared L2 distances, ascending, from each L2-normalised query row to its k nearest
+    rows of the normalised bank, exact; no (queries × bank) block exceeds ``CHUNK_BYTES``."""
+    out = np.empty((len(queries), k), np.float32)
     for rows in row_chunks(len(queries), 4 * len(bank), CHUNK_BYTES):
         z = l2_normalize(queries[rows]).astype(np.float32)
         block = z @ bank.T
         block *= -2.0
         block += bank_sq[None, :]
-        block.partition(k - 1, axis=1)
-        out[rows] = block[:, k - 1] + np.einsum("ij,ij->i", z, z)
-    return np.maximum(out, 0.0)
+        if k < block.shape[1]:
+            block.partition(k - 1, axis=1)
+        near = np.sort(block[:, :k], axis=1)
+        near += np.einsum("ij,ij->i", z, z)[:, None]
+        out[rows] = np.maximum(near, 0.0)
+    return out
+
+
+def kth_sq_distance(
+    queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray, k: int
+) -> np.ndarray:
+    """Squared distance (N,) to the k-th nearest bank row. For a read-only query array (a cached
+    split) and k <= ``NEAREST_KEPT``, the ``NEAREST_KEPT`` nearest distances are computed once
+    and memoised: a search trial then costs a column read whatever k it tries."""
+    kept = min(NEAREST_KEPT, len(bank))
+    if k > kept or queries.flags.writeable:
+        return nearest_sq_distances(queries, bank, bank_sq, k)[:, k - 1]
+    table = memo(
+        "knn_nearest",
+        (queries, bank),
+        lambda: readonly(nearest_sq_distances(queries, bank, bank_sq, kept)),
+    )
+    return table[:, k - 1]
 
 
 @dataclass

@@ -21,9 +21,34 @@ import numpy as np
 
 from oodcache.cache import Split
 from oodcache.search.base import Scorer, Stats
-from oodcache.search.ops import FloatArray, as_score, pinvh, row_chunks
+from oodcache.search.ops import FloatArray, as_score, memo, pinvh, readonly, row_chunks
 
 log = logging.getLogger(__name__)
+
+
+def class_gaussian(
+    h: np.ndarray, y: np.ndarray, k: int, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(class means μ (K, D), shared precision Σ⁺ (D, D)), float64; memoised per read-only arrays
+    (the cost is the D×D covariance and its eigendecomposition)."""
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        if y.min(initial=0) < 0 or y.max(initial=0) >= k:
+            raise ValueError(f"split {name!r}: ID-train labels must lie in [0, {k})")
+        counts = np.bincount(y, minlength=k)
+        if (counts == 0).any():
+            missing = np.flatnonzero(counts == 0)[:10]
+            raise ValueError(f"classes without ID-train samples in {name!r}: {missing}")
+        means = np.zeros((k, h.shape[1]))
+        np.add.at(means, y, h)
+        means /= counts[:, None]
+        cov = np.zeros((h.shape[1], h.shape[1]))
+        for rows in row_chunks(len(h), 8 * h.shape[1], 2**26):
+            centred = h[rows] - means[y[rows]]
+            cov += centred.T @ centred
+        return readonly(means), readonly(pinvh(cov / len(h)))
+
+    return memo(f"class_gaussian_{k}", (h, y), compute)
 
 
 @dataclass
@@ -34,26 +59,11 @@ class Mahalanobis(Scorer):
 
     def fit(self, stats: Stats) -> Self:
         train = stats.train
-        h, y = train.features, train.labels
         k = train.weight.shape[0]
-        if y.min(initial=0) < 0 or y.max(initial=0) >= k:
-            raise ValueError(f"split {train.name!r}: ID-train labels must lie in [0, {k})")
-        counts = np.bincount(y, minlength=k)
-        if (counts == 0).any():
-            missing = np.flatnonzero(counts == 0)[:10]
-            raise ValueError(f"classes without ID-train samples in {train.name!r}: {missing}")
-        means = np.zeros((k, h.shape[1]))
-        np.add.at(means, y, h)
-        means /= counts[:, None]
-        cov = np.zeros((h.shape[1], h.shape[1]))
-        for rows in row_chunks(len(h), 8 * h.shape[1], 2**26):
-            centred = h[rows] - means[y[rows]]
-            cov += centred.T @ centred
-        self.means_ = means
-        self.precision_ = pinvh(cov / len(h))
+        self.means_, self.precision_ = class_gaussian(train.features, train.labels, k, train.name)
         log.debug(
             "mahalanobis means_ (%d x %d), precision_ trace %.6g",
-            *means.shape,
+            *self.means_.shape,
             float(np.trace(self.precision_)),
         )
         return self

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from oodcache.cache import Split
 from oodcache.search.base import Scorer
-from oodcache.search.ops import FloatArray, as_score, softmax
+from oodcache.search.ops import FloatArray, as_score, max_softmax
 
 
 @dataclass
@@ -20,4 +20,4 @@ class MSP(Scorer):
     requires = ("logits",)
 
     def score(self, split: Split) -> FloatArray:
-        return as_score(softmax(split.logits).max(axis=1))
+        return as_score(max_softmax(split.logits))

@@ -20,7 +20,7 @@ import optuna
 from oodcache.cache import Split
 from oodcache.cache.schema import odin_key
 from oodcache.search.base import CacheInfo, Scorer
-from oodcache.search.ops import FloatArray, as_score, softmax
+from oodcache.search.ops import FloatArray, as_score, max_softmax
 
 
 @dataclass
@@ -59,4 +59,4 @@ class ODIN(Scorer):
             raise KeyError(
                 f"split {split.name!r} has no ODIN logits for {key}; recorded: {sorted(split.odin)}"
             )
-        return as_score(softmax(split.odin[key], self.temperature).max(axis=1))
+        return as_score(max_softmax(split.odin[key], self.temperature))
