@@ -18,7 +18,9 @@ trial (it pays one-off work such as NAC's sort of each split), "warm" the median
 Peak memory is the process's maximum resident set (ru_maxrss) minus the resident set right after
 the imports. NAC is also timed against a straightforward version of the official cached path
 (torch; a boolean [128, M−1, C] one-hot of the bins times the coverage table, per batch of 128)
-on the official parameters, in another process.
+on the official parameters, in another process. The "head floor" is one float32 h @ Wᵀ + b over
+the tuning splits: the least a trial of a method that changes features or weights before the head
+(ReAct, LHAct, ASH, DICE, their combinations, LINe) can cost on this machine.
 
 Usage: .venv/bin/python benchmarks/bench_methods.py [--quick] [--cores 2] [--train-size 20000]
 """
@@ -37,6 +39,8 @@ TARGET_NAC_S = 0.2
 TARGET_OTHER_S = 0.1
 TARGET_NAC_RATIO = 10.0
 LAYERS = {"avgpool": 2048, "layer3": 1024, "layer2": 512, "layer1": 256}
+#: methods that run the head on changed features or weights in every trial
+HEAD_BOUND = {"react", "lhact", "ash", "dice", "react_dice", "react_ash", "line"}
 ODIN_GRID = [(t, e) for e in (0.0014, 0.0028) for t in (1.0, 10.0, 100.0, 1000.0)]
 
 
@@ -252,8 +256,33 @@ def time_method(cache: str, key: str, samples: int, seed: int, budget: float) ->
         "official_s": float(np.median(times[1:3])),
         "cpu_median_s": float(np.median(cpu[1:])),
         "trials": len(times),
+        "searchable": cls.searchable(),
         "peak_mb": peak_rss_mb() - base,
     }
+
+
+def head_floor(cache: str, repeats: int = 3) -> dict[str, Any]:
+    """Child process: the floor of a method that must run the head on changed features or weights
+    in every trial (ReAct, LHAct, ASH, DICE, their combinations, LINe): one float32
+    ``h @ Wᵀ + b`` over ID val, OOD val and sanity, nothing else (median of ``repeats``)."""
+    import numpy as np
+
+    from oodcache.cache import SEARCH_ROLES, Cache
+    from oodcache.search.base import get_scorer
+    from oodcache.search.study import load_inputs
+
+    with Cache(cache, allowed_roles=SEARCH_ROLES) as c:
+        inputs = load_inputs(c, get_scorer("react"))
+    splits = [s for s in (inputs.id_val, inputs.ood_val, inputs.sanity) if s is not None]
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        for split in splits:
+            split.features @ split.weight.T + split.bias
+        times.append(time.perf_counter() - t0)
+    rows = sum(s.n for s in splits)
+    dim, classes = splits[0].weight.shape[1], splits[0].weight.shape[0]
+    return {"seconds": float(np.median(times[1:])), "shape": f"{rows}x{dim} @ {dim}x{classes}"}
 
 
 def official_nac_path(cache: str, batch: int = 128) -> dict[str, Any]:
@@ -408,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {key:<14} skipped: {r['skipped']}")
             else:
                 print(f"  {key:<14} warm {r['warm_median_s']:.3f}s  (cold {r['cold_s']:.2f}s)")
+        floor = run_child(head_floor, str(cache), timeout=args.timeout)
         baseline = None
         if "nac" in keys and not args.no_baseline:
             baseline = run_child(official_nac_path, str(cache), timeout=args.timeout)
@@ -428,10 +458,21 @@ def main(argv: list[str] | None = None) -> int:
         ok = r["warm_median_s"] <= target
         if not ok:
             misses.append(r["key"])
+        note = ""
+        if r["key"] in HEAD_BOUND and floor:
+            note = f" ({r['warm_median_s'] / floor['seconds']:.1f}x the head floor)"
+        if not r["searchable"]:
+            note = " (no parameters: a study is this one trial, i.e. cold)"
         print(
             f"{r['key']:<14}{r['load_s']:>8.2f}{r['cold_s']:>9.3f}{r['warm_median_s']:>9.3f}"
             f"{r['warm_max_s']:>8.3f}{r['cpu_median_s']:>8.3f}{r['trials']:>7}"
-            f"{r['peak_mb']:>9.0f}  <= {target:.1f}s {'PASS' if ok else 'FAIL'}"
+            f"{r['peak_mb']:>9.0f}  <= {target:.1f}s {'PASS' if ok else 'FAIL'}{note}"
+        )
+    if floor:
+        print(
+            f"\nhead floor: one float32 h @ W^T + b over the tuning splits ({floor['shape']}) "
+            f"takes {floor['seconds']:.3f}s here; methods in {sorted(HEAD_BOUND)} need at least "
+            "this per trial, so below it no implementation of their definition can go."
         )
     nac = next((r for r in rows if r["key"] == "nac" and "skipped" not in r), None)
     if nac and baseline:

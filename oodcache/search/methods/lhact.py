@@ -32,8 +32,9 @@ IMAGENET_RESNET50 = {"low_threshold": 0.21940805315971373, "high_threshold": 1.3
 
 def lhact_shape(h: np.ndarray, t_low: float, t_high: float, n: int = 2) -> np.ndarray:
     """The LHAct activation a(h) elementwise (see module docstring)."""
-    hp = np.maximum(h, t_low)
-    decayed = hp / np.sqrt(1.0 + (hp / t_high) ** (2 * n)) + t_low
+    hp = np.maximum(h, np.asarray(t_low, h.dtype))
+    ratio_sq = np.square(hp / np.asarray(t_high, h.dtype))
+    decayed = hp / np.sqrt(1 + ratio_sq**n) + np.asarray(t_low, h.dtype)  # (h/t_h)^(2n) as (·²)^n
     return np.where(hp < t_high, hp, decayed)
 
 
