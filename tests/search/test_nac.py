@@ -12,7 +12,8 @@ import pytest
 
 from oodcache.cache import SEARCH_ROLES, Cache, Split
 from oodcache.search.base import Stats
-from oodcache.search.methods.nac import NAC, bin_edges, bin_index, neuron_states
+from oodcache.search.coverage import bin_edges, bin_index, neuron_states
+from oodcache.search.methods.nac import NAC
 from oodcache.search.study import load_inputs
 
 # ----------------------------------------------------------------------------- slow reference

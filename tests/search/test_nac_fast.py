@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 
 from oodcache.cache import Split
+from oodcache.search import coverage
 from oodcache.search.base import Stats
-from oodcache.search.methods import nac
-from oodcache.search.methods.nac import (
-    NAC,
+from oodcache.search.coverage import (
     STATE_RTOL,
     bin_edges,
     fast_bin_index,
@@ -27,6 +26,8 @@ from oodcache.search.methods.nac import (
     sorted_products,
     state_bands,
 )
+from oodcache.search.methods import nac
+from oodcache.search.methods.nac import NAC
 
 Layers = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -121,8 +122,8 @@ def steps(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
     """Default chunk and band-piece sizes, or tiny ones: then run boundaries fall on chunk starts
     and every band is cut into pieces (the long-band path)."""
     if request.param == "small":
-        monkeypatch.setattr(nac, "_CHUNK", 7)
-        monkeypatch.setattr(nac, "_PIECE", 5)
+        monkeypatch.setattr(coverage, "_CHUNK", 7)
+        monkeypatch.setattr(coverage, "_PIECE", 5)
     return str(request.param)
 
 
@@ -180,13 +181,13 @@ def test_large_split_uses_chunks_and_threads_with_the_same_result(
     rng = np.random.default_rng(2)
     channels = {"a": 1100, "b": 8}
     fit, test = random_layers(rng, 200, channels), random_layers(rng, 500, channels)
-    assert 500 * 1100 > 4 * nac._CHUNK
+    assert 500 * 1100 > 4 * coverage._CHUNK
     params = {"a": {"alpha": 3e3, "M": 50, "O": 10}, "b": {"alpha": 0.3, "M": 1000, "O": 5}}
     expected = def_nac(fit, test, params)
     got = {}
     for workers in (1, 2, 3):
-        monkeypatch.setattr(nac, "_workers", lambda w=workers: w)
-        nac.clear_memo()
+        monkeypatch.setattr(coverage, "_workers", lambda w=workers: w)
+        coverage.clear_memo()
         got[workers] = NAC(layers=params).fit(Stats(split(fit), split(fit))).score(split(test))
         np.testing.assert_allclose(got[workers], expected, rtol=0, atol=1e-6)
     assert np.array_equal(got[1], got[2]) and np.array_equal(got[1], got[3])
@@ -236,7 +237,7 @@ def test_band_bounds_are_certain() -> None:
 def test_non_monotone_sigmoid_inside_a_band(monkeypatch: pytest.MonkeyPatch, steps: str) -> None:
     """A float32 sigmoid that wiggles by an ulp (allowed by STATE_RTOL) around an edge: entries
     whose sorted order disagrees with their bin become exceptions, and bins stay exact."""
-    original: Callable[[np.ndarray, float], np.ndarray] = nac.states_of_products
+    original: Callable[[np.ndarray, float], np.ndarray] = coverage.states_of_products
 
     def wiggly(products: np.ndarray, alpha: float) -> np.ndarray:
         z = original(products, alpha)
@@ -245,7 +246,7 @@ def test_non_monotone_sigmoid_inside_a_band(monkeypatch: pytest.MonkeyPatch, ste
             np.where(odd, np.nextafter(z, np.float32(1)), np.nextafter(z, np.float32(0)))
         )
 
-    monkeypatch.setattr(nac, "states_of_products", wiggly)
+    monkeypatch.setattr(coverage, "states_of_products", wiggly)
     edges = np.array([0.0, 0.3, 0.5, 0.7, 1.01, 1.2])
     alpha = 1.0
     logit = np.log(edges[1:4]) - np.log1p(-edges[1:4])
@@ -259,7 +260,7 @@ def test_non_monotone_sigmoid_inside_a_band(monkeypatch: pytest.MonkeyPatch, ste
     assert np.array_equal(bins, def_bins(wiggly(p, alpha), edges))
     sp = sort_products(o, p)
     assert sp is not None
-    runs = nac._runs(sp, edges, alpha, state_bands(edges, alpha))
+    runs = coverage.runs_of(sp, edges, alpha, state_bands(edges, alpha))
     assert runs is not None and runs.pos.size > 0  # the exception path really ran
     # scores too: fit and score on halves of these states, bins (0.3, 0.5, 0.7) between
     half = {"a": (o[::2], p[::2])}
@@ -276,7 +277,7 @@ def test_block_of_zero_products_on_the_wrong_side(
 ) -> None:
     """The states of o·g = 0 are computed once for the whole block; a sigmoid that puts them above
     0.5 while the tiny positive products next to them fall below still gives the exact bins."""
-    original: Callable[[np.ndarray, float], np.ndarray] = nac.states_of_products
+    original: Callable[[np.ndarray, float], np.ndarray] = coverage.states_of_products
 
     def odd_zero(products: np.ndarray, alpha: float) -> np.ndarray:
         p = np.asarray(products, np.float32)
@@ -284,7 +285,7 @@ def test_block_of_zero_products_on_the_wrong_side(
         shifted = np.where(p == 0, np.nextafter(z, np.float32(1)), np.nextafter(z, np.float32(0)))
         return np.asarray(np.where(np.abs(p) < 1e-6, shifted, z))
 
-    monkeypatch.setattr(nac, "states_of_products", odd_zero)
+    monkeypatch.setattr(coverage, "states_of_products", odd_zero)
     rng = np.random.default_rng(8)
     g = np.concatenate([np.zeros(400), rng.uniform(-1e-9, 1e-9, 400), rng.normal(0, 1, 400)])
     g = rng.permutation(g).astype(np.float32).reshape(40, 30)
@@ -294,7 +295,7 @@ def test_block_of_zero_products_on_the_wrong_side(
     assert np.array_equal(bins, def_bins(odd_zero(o * g, 1.0), edges))
     sp = sort_products(o, g)
     assert sp is not None
-    runs = nac._runs(sp, edges, 1.0, state_bands(edges, 1.0))
+    runs = coverage.runs_of(sp, edges, 1.0, state_bands(edges, 1.0))
     assert runs is not None and runs.pos.size > 0
 
 
@@ -308,7 +309,7 @@ def test_bands_set_boundaries_and_exceptions_are_rare(steps: str) -> None:
         sp = sort_products(o, g)
         assert sp is not None
         bands = state_bands(edges, alpha)
-        runs = nac._runs(sp, edges, alpha, bands)
+        runs = coverage.runs_of(sp, edges, alpha, bands)
         assert runs is not None
         inside = int(
             (np.searchsorted(sp.p, bands[1], "right") - np.searchsorted(sp.p, bands[0])).sum()
@@ -323,15 +324,15 @@ def test_memo_on_read_only_arrays_and_not_on_writable_ones() -> None:
     o, g = random_layers(rng, 50, {"a": 7})["a"]
     o.setflags(write=False)
     g.setflags(write=False)
-    nac.clear_memo()
+    coverage.clear_memo()
     first = sorted_products(o, g)
     assert first is not None and sorted_products(o, g) is first
     assert np.array_equal(np.sort((o * g).ravel()), first.p)
     assert np.array_equal(first.p, (o * g)[first.row, first.col])
-    size = len(nac._MEMO)
+    size = len(coverage._MEMO)
     del o, g, first
     gc.collect()
-    assert len(nac._MEMO) == size - 1  # freed arrays drop their entry
+    assert len(coverage._MEMO) == size - 1  # freed arrays drop their entry
     w_o, w_g = (np.array(x) for x in random_layers(rng, 50, {"a": 7})["a"])
     before = sorted_products(w_o, w_g)
     w_g *= -1  # a writable array may change: never served from the memo
@@ -377,11 +378,11 @@ def test_test_splits_take_the_direct_path_with_the_same_scores() -> None:
     fit, test = random_layers(rng, 60, {"a": 9, "b": 4}), random_layers(rng, 70, {"a": 9, "b": 4})
     params = {"a": {"alpha": 50.0, "M": 50, "O": 3}, "b": {"alpha": 2.0, "M": 500, "O": 1}}
     scorer = NAC(layers=params).fit(Stats(split(fit), split(fit)))
-    nac.clear_memo()
+    coverage.clear_memo()
     test_split, val_split = split(test, role="id_test"), split(test, role="ood_val")
     direct = scorer.score(test_split)
-    assert len(nac._MEMO) == 0
+    assert len(coverage._MEMO) == 0
     sorted_ = scorer.score(val_split)
-    assert len(nac._MEMO) == 2
+    assert len(coverage._MEMO) == 2
     np.testing.assert_allclose(direct, sorted_, rtol=0, atol=1e-6)
     np.testing.assert_allclose(direct, def_nac(fit, test, params), rtol=0, atol=1e-6)
