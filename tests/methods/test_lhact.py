@@ -23,7 +23,7 @@ from oodcache.search.methods.lhact import LHAct, lhact_shape
 SMALL = CacheInfo("digits_resnet", "digits", 3, 4, ("avgpool",), 40)
 R50_IMAGENET = CacheInfo("resnet50", "imagenet", 1000, 2048, ("avgpool",), 1000)
 R50_CLASSIC = CacheInfo("resnet50", "imagenet_classic", 1000, 2048, ("avgpool",), 1000)
-VIT_IMAGENET = CacheInfo("vit_b16", "imagenet", 1000, 768, ("layer_norm",), 50000)
+VIT_IMAGENET = CacheInfo("vit_b_16", "imagenet", 1000, 768, ("layer_norm",), 50000)
 T_H = 1.3520756840705868
 T_L = 0.21940805315971373
 

@@ -24,7 +24,7 @@ from oodcache.search.study import _enqueued_constants
 SMALL = CacheInfo("digits_resnet", "digits", 3, 4, ("avgpool",), 40)
 R50_IMAGENET = CacheInfo("resnet50", "imagenet", 1000, 2048, ("avgpool",), 1000)
 R50_CLASSIC = CacheInfo("resnet50", "imagenet_classic", 1000, 2048, ("avgpool",), 1000)
-VIT_IMAGENET = CacheInfo("vit_b16", "imagenet", 1000, 768, ("layer_norm",), 50000)
+VIT_IMAGENET = CacheInfo("vit_b_16", "imagenet", 1000, 768, ("layer_norm",), 50000)
 R18_CIFAR = CacheInfo("resnet18_32x32", "cifar10", 10, 512, ("avgpool",), 1000)
 
 
