@@ -8,7 +8,8 @@ Paper: Ahn, Park & Kim, CVPR 2023, arXiv:2303.13995.
 Official code: github.com/YongHyun-Ahn/LINe-Out-of-Distribution-Detection-by-Leveraging-Important-Neurons
 Reads: features, head, labels. Statistics: class means on ID train (the ``fit`` split when the cache
 has no ``train`` split); τ = ``clip_percentile``-th percentile of ID-val features, or the absolute
-``clip_threshold`` (official ImageNet-1K ResNet-50: p_w = p_a = 10, τ = 0.8, trial 0 there).
+``clip_threshold`` (official ImageNet-1K ResNet-50: p_w = p_a = 10, τ = 0.8; CIFAR-10 DenseNet-BC-100:
+90 / 90 / 1.0; CIFAR-100 DenseNet-BC-100: 90 / 10 / 1.0; trial 0 there).
 Space: clip_percentile in [50, 99.9], p_w and p_a in [0, 99]. Masks are built per predicted class
 only (never a K×K×D tensor), from float64 products; the clipped features, the masked weights and
 the logits are float32 (as the network). Deviations: none. Cost: one K·D-entry percentile per
@@ -64,6 +65,10 @@ class LINe(Scorer):
     def official(cls, info: CacheInfo) -> Self:
         if info.arch == "resnet50" and info.benchmark in ("imagenet", "imagenet_classic"):
             return cls(p_w=10.0, p_a=10.0, clip_threshold=0.8)
+        if info.arch.startswith("densenet") and info.benchmark == "cifar10":
+            return cls(p_w=90.0, p_a=90.0, clip_threshold=1.0)
+        if info.arch.startswith("densenet") and info.benchmark == "cifar100":
+            return cls(p_w=90.0, p_a=10.0, clip_threshold=1.0)
         return cls()
 
     @classmethod

@@ -6,7 +6,9 @@ linear interpolation), or the absolute ``threshold`` when given (the paper's Ima
 constant is c = 1.0). Higher = more ID. c = +inf recovers Energy.
 Paper: Sun, Guo & Li, NeurIPS 2021, arXiv:2111.12797. Official code: github.com/deeplearning-wisc/react
 Reads: features, head. Statistics: ID val (as OpenOOD v1.5). Defaults: percentile = 90 (paper,
-OpenOOD), trial 0. Space: percentile uniform in [50, 99.9]. Deviations: none.
+OpenOOD), trial 0; ``official`` gives the paper's ImageNet-1K ResNet-50 constant threshold = 1.0
+(reference §3.1, §9.1), trial 0 there. Space: percentile uniform in [50, 99.9]; grid {85, 90, 95, 99}
+(OpenOOD v1.5). Deviations: none.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ class ReAct(Scorer):
     statistics = ("id_val",)
     percentile: float = 90.0
     threshold: float | None = None  # absolute c; overrides the percentile when set
+
+    @classmethod
+    def official(cls, info: CacheInfo) -> Self:
+        if info.arch == "resnet50" and info.benchmark in ("imagenet", "imagenet_classic"):
+            return cls(threshold=1.0)  # the 90th percentile on ~2,000 ImageNet val images
+        return cls()
 
     @classmethod
     def space(cls, trial: optuna.Trial, info: CacheInfo) -> dict[str, Any]:
