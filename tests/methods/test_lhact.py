@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 import pytest
+from method_refs import make_split
 from optuna.trial import FixedTrial
 from scipy.special import logsumexp
 
-from oodcache.cache import Split
 from oodcache.search import ops
 from oodcache.search.base import CacheInfo, Stats
 from oodcache.search.methods.energy import Energy
@@ -26,18 +26,6 @@ R50_CLASSIC = CacheInfo("resnet50", "imagenet_classic", 1000, 2048, ("avgpool",)
 VIT_IMAGENET = CacheInfo("vit_b_16", "imagenet", 1000, 768, ("layer_norm",), 50000)
 T_H = 1.3520756840705868
 T_L = 0.21940805315971373
-
-
-def make_split(
-    h: object, w: object, b: object, *, name: str = "s", role: str = "id_val", frozen: bool = False
-) -> Split:
-    h, w, b = (np.array(x, np.float32) for x in (h, w, b))
-    logits = np.asarray(h @ w.T + b, np.float32)
-    labels = np.zeros(len(h), np.int64)
-    if frozen:
-        for a in (h, w, b, logits, labels):
-            a.flags.writeable = False
-    return Split(name, role, name, labels, logits, h, w, b)
 
 
 def shape_scalar(x: float, t_l: float, t_h: float, n: int = 2) -> float:

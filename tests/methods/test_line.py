@@ -7,14 +7,12 @@ over all K·D products (signed W); m^a_c[j] = 1[C[j, c] > perc_{p_a}(C[·, c])] 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import optuna
 import pytest
+from method_refs import lse, make_split, perc
 from optuna.trial import FixedTrial
 
-from oodcache.cache import Split
 from oodcache.search import ops
 from oodcache.search.base import CacheInfo, Stats
 from oodcache.search.methods.line import LINe
@@ -26,39 +24,6 @@ R50_CLASSIC = CacheInfo("resnet50", "imagenet_classic", 1000, 2048, ("avgpool",)
 DN_CIFAR10 = CacheInfo("densenet100", "cifar10", 10, 342, ("avgpool",), 1000)
 DN_CIFAR100 = CacheInfo("densenet100", "cifar100", 100, 342, ("avgpool",), 1000)
 R18_CIFAR10 = CacheInfo("resnet18_32x32", "cifar10", 10, 512, ("avgpool",), 1000)
-
-
-def make_split(
-    h: object,
-    w: object,
-    b: object,
-    labels: object = None,
-    *,
-    name: str = "s",
-    role: str = "id_val",
-    frozen: bool = False,
-) -> Split:
-    h, w, b = (np.array(x, np.float32) for x in (h, w, b))
-    logits = np.asarray(h @ w.T + b, np.float32)
-    y = np.zeros(len(h), np.int64) if labels is None else np.array(labels, np.int64)
-    if frozen:
-        for a in (h, w, b, logits, y):
-            a.flags.writeable = False
-    return Split(name, role, name, y, logits, h, w, b)
-
-
-def perc(values: list[float], q: float) -> float:
-    """Linear-interpolation percentile, written out."""
-    s = sorted(values)
-    pos = q / 100 * (len(s) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def lse(v: list[float]) -> float:
-    m = max(v)
-    return m + math.log(sum(math.exp(x - m) for x in v))
 
 
 def line_loop(

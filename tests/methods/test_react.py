@@ -11,6 +11,7 @@ import math
 import numpy as np
 import optuna
 import pytest
+from method_refs import make_split
 from optuna.trial import FixedTrial
 from scipy.special import logsumexp
 
@@ -26,25 +27,6 @@ R50_IMAGENET = CacheInfo("resnet50", "imagenet", 1000, 2048, ("avgpool",), 1000)
 R50_CLASSIC = CacheInfo("resnet50", "imagenet_classic", 1000, 2048, ("avgpool",), 1000)
 VIT_IMAGENET = CacheInfo("vit_b_16", "imagenet", 1000, 768, ("layer_norm",), 50000)
 R18_CIFAR = CacheInfo("resnet18_32x32", "cifar10", 10, 512, ("avgpool",), 1000)
-
-
-def make_split(
-    h: object,
-    w: object,
-    b: object,
-    *,
-    name: str = "s",
-    role: str = "id_val",
-    frozen: bool = False,
-) -> Split:
-    """A split like the cache's; ``frozen`` makes its arrays read-only (the reader's arrays)."""
-    h, w, b = (np.array(x, np.float32) for x in (h, w, b))
-    logits = np.asarray(h @ w.T + b, np.float32)
-    labels = np.zeros(len(h), np.int64)
-    if frozen:
-        for a in (h, w, b, logits, labels):
-            a.flags.writeable = False
-    return Split(name, role, name, labels, logits, h, w, b)
 
 
 def react_reference(

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+from method_refs import lse, make_split, perc
 from optuna.trial import FixedTrial
 
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Stats
 from oodcache.search.methods.dice import DICE
 from oodcache.search.methods.react_dice import ReActDICE
-
-
-def make_split(h: object, w: object, b: object, *, name: str = "s", role: str = "id_val") -> Split:
-    h, w, b = (np.asarray(x, np.float32) for x in (h, w, b))
-    logits = np.asarray(h @ w.T + b, np.float32)
-    labels = np.zeros(len(h), np.int64)
-    return Split(name, role, name, labels, logits, h, w, b)
-
-
-def perc(values: list[float], q: float) -> float:
-    s = sorted(values)
-    pos = q / 100 * (len(s) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def lse(v: list[float]) -> float:
-    m = max(v)
-    return m + math.log(sum(math.exp(x - m) for x in v))
 
 
 def loop(
