@@ -26,7 +26,8 @@ from oodcache.cli import main
 from oodcache.config import checkpoint_caches, checkpoint_names, load_arch
 from oodcache.extract.distributed import shard_rows
 from oodcache.extract.models import build_model
-from oodcache.extract.run import extract
+from oodcache.extract.recorder import LayerRecorder, record_batch
+from oodcache.extract.run import FP16_LOSS_SCALE, extract
 
 #: four splits of the digits benchmark (one features-only), one ODIN pair: about 800 images
 SMALL = """\
@@ -91,6 +92,21 @@ def test_shard_rows_cover_the_split_in_whole_batches() -> None:
             assert stop == start
         for start, stop in parts:
             assert start % 8 == 0 and (stop % 8 == 0 or stop == n)
+
+
+def test_loss_scale_is_divided_out() -> None:
+    """A power-of-two loss scale is exact in float32: scaled gradients equal unscaled ones."""
+    arch = load_arch("digits_resnet")
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    x = torch.randn(6, 1, 32, 32)
+    reductions = {a: spec.reduction for a, spec in arch.layers.items()}
+    with LayerRecorder(model, {a: s.module for a, s in arch.layers.items()}, arch.head) as rec:
+        *_, plain = record_batch(model, x, rec, reductions)
+        *_, scaled = record_batch(model, x, rec, reductions, loss_scale=FP16_LOSS_SCALE)
+    for layer, g in plain.items():
+        assert g.abs().max() > 0
+        torch.testing.assert_close(scaled[layer], g, rtol=0, atol=0)
 
 
 def test_differences_sees_one_changed_value(setup: dict[str, Path], tmp_path: Path) -> None:
