@@ -120,6 +120,7 @@ def test_differences_sees_one_changed_value(setup: dict[str, Path], tmp_path: Pa
     assert diff == ["/splits/id_val/layers/layer1/gradient: 1 values differ"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_single_process(setup: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "cache.h5"
     cmd = [
@@ -158,6 +159,7 @@ _SLOW = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_cache(setup: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "cache.h5"
     first = shard_dir(out) / "sanity.0-of-1.h5"
@@ -212,3 +214,24 @@ def test_several_checkpoints_write_one_cache_each(setup: dict[str, Path], tmp_pa
         assert c0.attrs["weights"] == str(setup["s0"]) and c1.attrs["weights"] == str(setup["s1"])
         np.testing.assert_array_equal(c0.load("id_val").logits, ref.load("id_val").logits)
         assert not np.allclose(c1.load("id_val").logits, ref.load("id_val").logits)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("autocast", ["off", "bf16"])
+def test_cuda_extraction_is_close_to_cpu(
+    setup: dict[str, Path], tmp_path: Path, autocast: str
+) -> None:
+    out = tmp_path / "cache.h5"
+    kwargs = {**_kwargs(setup["s0"]), "device": "cuda"}
+    extract("digits_resnet", str(setup["bench"]), out, autocast=autocast, **kwargs)
+    rel = 1e-3 if autocast == "off" else 0.05
+    with Cache(out) as gpu, Cache(setup["ref"]) as cpu:
+        assert gpu.attrs["device"] == "cuda" and gpu.attrs["autocast"] == autocast
+        for name in ("id_val", "textures"):
+            a, b = gpu.load(name), cpu.load(name)
+            for layer in cpu.layers:
+                for x, y in [(a.activations[layer], b.activations[layer]), (a.logits, b.logits)]:
+                    np.testing.assert_allclose(x, y, atol=rel * float(np.abs(y).max()))
+                g, h = a.gradients[layer], b.gradients[layer]
+                assert np.corrcoef(g.ravel(), h.ravel())[0, 1] > 0.95
