@@ -337,9 +337,16 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"  /{path:<40} {str(ds.shape):<14} {ds.dtype}")
         print("  (shapes shown for the first split; every split has the same arrays)")
         print("\nprovenance:")
-        for key in ("weights", "weights_sha256", "created", "device", "library_versions"):
+        for key in ("weights", "weights_sha256", "created", "device", "autocast", "world_size"):
             if key in attrs:
                 print(f"  {key}: {attrs[key]}")
+        if "images_per_second" in attrs:
+            print(
+                f"  throughput: {float(attrs['images_per_second']):.1f} images/s "
+                f"({float(attrs['extract_seconds']):.1f} s of extraction)"
+            )
+        if "library_versions" in attrs:
+            print(f"  library_versions: {attrs['library_versions']}")
     return 0
 
 

@@ -345,9 +345,18 @@ def _extract(
         for name, start, stop, path in todo:
             spec = bench_cfg.splits[name]
             _extract_shard(
-                job, rec, bar, path, name, spec.role, spec.dataset, splits[name], start, stop,
+                job,
+                rec,
+                bar=bar,
+                path=path,
+                name=name,
+                role=spec.role,
+                dataset=spec.dataset,
+                images=splits[name],
+                start=start,
+                stop=stop,
                 key=key(name, start, stop),
-            )  # fmt: skip
+            )
         bar.close()
     ranks.barrier()
     if ranks.is_main:
@@ -414,6 +423,7 @@ class _Job:
 def _extract_shard(
     job: _Job,
     rec: LayerRecorder,
+    *,
     bar: tqdm[Any],
     path: Path,
     name: str,
@@ -422,7 +432,6 @@ def _extract_shard(
     images: SplitSource,
     start: int,
     stop: int,
-    *,
     key: str,
 ) -> None:
     """Rows ``[start, stop)`` of one split into the shard file ``path`` (atomic)."""
