@@ -14,12 +14,22 @@ ARCH ?= digits_resnet
 BENCH ?= digits
 DATA ?=
 WEIGHTS ?=
+NPROC ?=
+EXTRACT_ARGS ?=
 METHOD ?= all
 TRIALS ?= 40
 SEED ?= 0
 
 OUT := cache/$(BENCH)/$(ARCH)
 CACHE := $(OUT)/cache.h5
+# several WEIGHTS: one cache per checkpoint in $(OUT)/<stem>/ (<parent>-<stem> when stems collide)
+STEMS := $(foreach w,$(WEIGHTS),$(basename $(notdir $(w))))
+CKPTS := $(if $(filter $(words $(STEMS)),$(words $(sort $(STEMS)))),$(STEMS),\
+	$(foreach w,$(WEIGHTS),$(notdir $(patsubst %/,%,$(dir $(w))))-$(basename $(notdir $(w)))))
+CACHES := $(if $(word 2,$(WEIGHTS)),$(foreach c,$(CKPTS),$(OUT)/$(c)/cache.h5),$(CACHE))
+# NPROC=8: one process per GPU (or CPU share) through torchrun; shards merged into one cache
+RUNNER := $(if $(NPROC),$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m oodcache,$(OODCACHE))
+EXTRACT = $(RUNNER) extract --arch $(ARCH) --benchmark $(BENCH) $(if $(DATA),--data $(DATA)) $(EXTRACT_ARGS)
 METHODS := $(sort $(filter-out __init__,$(basename $(notdir $(wildcard oodcache/search/methods/*.py)))))
 SEARCHED := $(if $(filter all,$(METHOD)),$(METHODS),$(METHOD))
 BEST := $(foreach m,$(SEARCHED),$(OUT)/best/$(m).json)
@@ -27,6 +37,7 @@ BEST := $(foreach m,$(SEARCHED),$(OUT)/best/$(m).json)
 help: ## list the targets and variables
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 10
 	@echo "variables: ARCH=$(ARCH) BENCH=$(BENCH) DATA=$(DATA) METHOD=$(METHOD) TRIALS=$(TRIALS) SEED=$(SEED)"
+	@echo "extract: WEIGHTS=\"s0.ckpt s1.ckpt ...\" (one cache each) NPROC=$(NPROC) (torchrun) EXTRACT_ARGS=$(EXTRACT_ARGS)"
 	@echo "methods: $(METHODS)"
 
 env: $(STAMP) ## create .venv and install oodcache with its test tools (first use only)
@@ -51,10 +62,18 @@ test: $(STAMP) ## run the test suite on CPU
 demo: $(STAMP) ## whole pipeline on the embedded digits benchmark: train, extract, search all, report
 	$(OODCACHE) demo --trials $(TRIALS) --seed $(SEED)
 
-extract: $(CACHE) ## run the network once and write the HDF5 cache (ARCH= BENCH= DATA= WEIGHTS=)
+extract: $(CACHES) ## run the network once and write the HDF5 cache (ARCH= BENCH= DATA= WEIGHTS= NPROC= EXTRACT_ARGS=)
+ifeq ($(word 2,$(WEIGHTS)),)
 $(CACHE): | $(STAMP)
-	$(OODCACHE) extract --arch $(ARCH) --benchmark $(BENCH) --out $@ \
-		$(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(EXTRACT) --out $@ $(if $(WEIGHTS),--weights $(WEIGHTS))
+else
+define CHECKPOINT_RULE
+$(OUT)/$(1)/cache.h5: | $(STAMP)
+	$$(EXTRACT) --out $$@ --weights $(2)
+endef
+$(foreach i,$(shell seq $(words $(WEIGHTS))),\
+	$(eval $(call CHECKPOINT_RULE,$(word $(i),$(CKPTS)),$(word $(i),$(WEIGHTS)))))
+endif
 
 search: $(BEST) ## tune METHOD (default: all) from the cache with Optuna; reruns add trials
 $(OUT)/best/%.json: oodcache/search/methods/%.py $(CACHE) | $(STAMP)

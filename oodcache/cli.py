@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from oodcache import __version__
-from oodcache.config import CACHE_ROOT, ConfigError, available, cache_path
+from oodcache.config import (
+    CACHE_ROOT,
+    ConfigError,
+    available,
+    cache_path,
+    checkpoint_caches,
+)
 
 log = logging.getLogger("oodcache")
 
@@ -105,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         type=Path,
+        nargs="+",
         default=None,
-        help="weights file (state dict; loaded with weights_only=True)",
+        help="weights file (state dict; loaded with weights_only=True); several files (e.g. the "
+        "s0 s1 s2 checkpoints) write one cache each, in <out folder>/<checkpoint>/",
     )
     p.add_argument("--data", type=Path, default=None, help="root folder of the benchmark's images")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward/backward pass")
@@ -116,6 +125,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="skip unreadable images and record them in <split>.skipped.txt (default: fail)",
+    )
+    p.add_argument(
+        "--autocast",
+        choices=("off", "bf16", "fp16"),
+        default="off",
+        help="forward pass under torch.autocast in this dtype; values are stored as float32 "
+        "(fp16 scales the loss by 2**12 against gradient underflow) (default: off)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the network runs; under torchrun each rank takes GPU LOCAL_RANK "
+        "(default: auto = cuda if available)",
+    )
+    p.add_argument(
+        "--keep-shards",
+        action="store_true",
+        help="keep <out>.shards/ (one file per split and rank) after the merge",
     )
     p.add_argument(
         "--no-odin",
@@ -249,22 +277,33 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    from oodcache.extract import distributed
     from oodcache.extract.run import extract
 
     out = args.out or cache_path(args.benchmark, args.arch)
-    extract(
-        args.arch,
-        args.benchmark,
-        out,
-        weights=args.weights,
-        data=args.data,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        skip_bad=args.skip_bad,
-        odin_grid=[] if args.no_odin else None,
-        progress=not args.quiet,
-    )
-    print(f"cache written: {out}")
+    weights: list[Path | None] = list(args.weights or [None])
+    outs = checkpoint_caches(out, [w for w in weights if w is not None])
+    main = int(os.environ.get("RANK", "0")) == 0
+    dev = distributed.resolve_device(args.device, distributed.from_env())
+    with distributed.session(dev):  # one process group for every checkpoint
+        for w, o in zip(weights, outs, strict=True):
+            extract(
+                args.arch,
+                args.benchmark,
+                o,
+                weights=w,
+                data=args.data,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                skip_bad=args.skip_bad,
+                odin_grid=[] if args.no_odin else None,
+                progress=not args.quiet,
+                autocast=args.autocast,
+                device=args.device,
+                keep_shards=args.keep_shards,
+            )
+            if main:
+                print(f"cache written: {o}")
     return 0
 
 
@@ -298,9 +337,16 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"  /{path:<40} {str(ds.shape):<14} {ds.dtype}")
         print("  (shapes shown for the first split; every split has the same arrays)")
         print("\nprovenance:")
-        for key in ("weights", "weights_sha256", "created", "device", "library_versions"):
+        for key in ("weights", "weights_sha256", "created", "device", "autocast", "world_size"):
             if key in attrs:
                 print(f"  {key}: {attrs[key]}")
+        if "images_per_second" in attrs:
+            print(
+                f"  throughput: {float(attrs['images_per_second']):.1f} images/s "
+                f"({float(attrs['extract_seconds']):.1f} s of extraction)"
+            )
+        if "library_versions" in attrs:
+            print(f"  library_versions: {attrs['library_versions']}")
     return 0
 
 

@@ -23,6 +23,26 @@ def cache_path(benchmark: str, arch: str, root: Path = CACHE_ROOT) -> Path:
     return run_dir(benchmark, arch, root) / "cache.h5"
 
 
+def checkpoint_names(weights: list[Path]) -> list[str]:
+    """One folder name per weights file: its stem (``s0.ckpt`` -> ``s0``), or, when two stems
+    collide, parent folder and stem for every file (``s0/best.ckpt`` -> ``s0-best``)."""
+    stems = [Path(w).stem for w in weights]
+    if len(set(stems)) == len(stems):
+        return stems
+    names = [f"{Path(w).parent.name}-{Path(w).stem}" for w in weights]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"weights files {weights} need distinct names (stem or parent-stem)")
+    return names
+
+
+def checkpoint_caches(out: Path, weights: list[Path]) -> list[Path]:
+    """Cache file per weights file: ``out`` for one, ``<out folder>/<name>/<out name>`` for
+    several (names from :func:`checkpoint_names`)."""
+    if len(weights) <= 1:
+        return [out]
+    return [out.parent / name / out.name for name in checkpoint_names(weights)]
+
+
 def studies_dir(cache_file: Path) -> Path:
     return cache_file.parent / "studies"
 

@@ -95,9 +95,11 @@ class Cache:
         self.allowed_roles = frozenset(allowed_roles) if allowed_roles is not None else None
         if not self.path.is_file():
             hint = ""
-            if self.path.with_name(self.path.name + ".tmp").exists():
+            shards = self.path.with_name(self.path.name + ".shards")
+            if self.path.with_name(self.path.name + ".tmp").exists() or shards.is_dir():
                 hint = (
-                    " (a .tmp file exists: an extraction is running or was interrupted; rerun it)"
+                    " (a .tmp file or .shards folder exists: an extraction is running or was "
+                    "interrupted; rerun it to resume)"
                 )
             raise CacheError(f"no cache at {self.path}{hint}; create one with `oodcache extract`")
         try:

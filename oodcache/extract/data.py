@@ -29,8 +29,11 @@ class SplitSource(Protocol):
         """Per-channel normalisation std (scales ODIN's step)."""
         ...
 
-    def batches(self, batch_size: int, workers: int = 0) -> Iterator[torch.Tensor]:
-        """Normalised image batches (B, C, H, W) in split order."""
+    def batches(
+        self, batch_size: int, workers: int = 0, *, start: int = 0, stop: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Normalised image batches (B, C, H, W) of rows ``start:stop`` (default: all), in split
+        order."""
         ...
 
 

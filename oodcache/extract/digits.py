@@ -37,10 +37,13 @@ class ImageSet:
     #: per-channel std used to normalise the [0, 1] pixels (ODIN scales its step by 1/std)
     pixel_std: tuple[float, ...] = (0.5,)
 
-    def batches(self, batch_size: int, workers: int = 0) -> Iterator[torch.Tensor]:
-        """Consecutive batches of images, in split order."""
-        for i in range(0, len(self.labels), batch_size):
-            yield torch.from_numpy(self.images[i : i + batch_size])
+    def batches(
+        self, batch_size: int, workers: int = 0, *, start: int = 0, stop: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Consecutive batches of rows ``start:stop`` (default: all), in split order."""
+        stop = len(self.labels) if stop is None else stop
+        for i in range(start, stop, batch_size):
+            yield torch.from_numpy(self.images[i : min(i + batch_size, stop)])
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:

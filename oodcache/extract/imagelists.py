@@ -290,10 +290,14 @@ class ImageSplit:
     def pixel_std(self) -> tuple[float, ...]:
         return self.preprocess.std
 
-    def batches(self, batch_size: int, workers: int = 0) -> Iterator[torch.Tensor]:
-        """Normalised (B, 3, H, W) batches in list order, decoded by ``workers`` processes."""
+    def batches(
+        self, batch_size: int, workers: int = 0, *, start: int = 0, stop: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Normalised (B, 3, H, W) batches of rows ``start:stop`` (default: all) in list order,
+        decoded by ``workers`` processes into pinned memory when CUDA is available."""
+        stop = len(self.items) if stop is None else stop
         loader = DataLoader(
-            _Images(self.root, self.items, self.preprocess),
+            _Images(self.root, self.items[start:stop], self.preprocess),
             batch_size=batch_size,
             shuffle=False,
             num_workers=workers,

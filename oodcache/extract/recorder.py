@@ -84,23 +84,38 @@ class LayerRecorder:
 
 
 def record_batch(
-    model: nn.Module, x: Tensor, rec: LayerRecorder, reductions: Mapping[str, str]
+    model: nn.Module,
+    x: Tensor,
+    rec: LayerRecorder,
+    reductions: Mapping[str, str],
+    *,
+    loss_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
-    """Forward + one backward for a batch: logits, features, pooled activations and gradients (CPU fp32)."""
+    """Forward + one backward for a batch: logits, features, pooled activations and gradients
+    (CPU float32).
+
+    Under ``torch.autocast`` the recorded outputs may be half precision: they are cast to float32
+    before pooling, and the loss is computed in float32. ``loss_scale`` multiplies the loss before
+    the backward pass and divides the gradients after it (float16 needs it: early-layer gradients
+    of ~1e-8 underflow otherwise).
+    """
     with torch.enable_grad():
         logits = model(x)
         aliases = list(reductions)
         outs = [rec.out[a] for a in aliases]
-        grads = torch.autograd.grad(kl_to_uniform(logits).sum(), outs)
+        loss = kl_to_uniform(logits.float()).sum()
+        grads = torch.autograd.grad(loss * loss_scale if loss_scale != 1.0 else loss, outs)
     assert rec.features is not None
     acts = {
-        a: pool(o.detach(), reductions[a]).float().cpu()
+        a: pool(o.detach().float(), reductions[a]).cpu()
         for a, o in zip(aliases, outs, strict=True)
     }
     gs = {
-        a: pool(g.detach(), reductions[a]).float().cpu()
+        a: pool(g.detach().float(), reductions[a]).cpu()
         for a, g in zip(aliases, grads, strict=True)
     }
+    if loss_scale != 1.0:
+        gs = {a: g / loss_scale for a, g in gs.items()}
     feats = rec.features.detach().flatten(1).float().cpu()
     return logits.detach().float().cpu(), feats, acts, gs
 

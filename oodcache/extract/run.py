@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 import os
 import platform
+import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
-from oodcache.cache import CacheWriter
-from oodcache.cache.schema import FEATURES_ONLY_ROLES, ID_ROLES
+from oodcache.cache import CacheWriter, shards
+from oodcache.cache.schema import FEATURES_ONLY_ROLES, FORMAT_VERSION, ID_ROLES
 from oodcache.config import (
     ArchConfig,
     BenchmarkConfig,
@@ -29,7 +34,8 @@ from oodcache.config import (
     load_benchmark,
     splits_dir,
 )
-from oodcache.extract.data import IMAGE_LOADERS, load_splits
+from oodcache.extract import distributed
+from oodcache.extract.data import IMAGE_LOADERS, SplitSource, load_splits
 from oodcache.extract.imagelists import missing_data
 from oodcache.extract.models import (
     build_model,
@@ -131,6 +137,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+#: ``--autocast`` choices: the dtype of the autocast forward pass (``off``: plain float32)
+AUTOCAST: dict[str, torch.dtype | None] = {
+    "off": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+#: constant loss scale of float16 runs: keeps early-layer gradients (~1e-8) above fp16's smallest
+#: subnormal (6e-8) without overflowing late ones; divided out in float32
+FP16_LOSS_SCALE = 2.0**12
+
+
 def extract(
     arch: str | ArchConfig,
     benchmark: str | BenchmarkConfig,
@@ -143,6 +160,9 @@ def extract(
     progress: bool = True,
     workers: int | None = None,
     skip_bad: bool | None = None,
+    autocast: str = "off",
+    device: str = "auto",
+    keep_shards: bool = False,
 ) -> Path:
     """Run the network once over every split of ``benchmark`` and write the cache to ``out``.
 
@@ -155,14 +175,65 @@ def extract(
 
     ``arch``/``benchmark`` are config names (or YAML paths, or ``timm:<model>``) or config objects.
     Image benchmarks read ``data`` (the data root) with the arch's preprocessing, decode with
-    ``workers`` processes (default: up to 8) and write their generated subset lists to
-    ``<out folder>/splits/``; ``skip_bad`` skips and records unreadable images. The weights file
-    and every data path are checked before any work; a missing one is named with where to put it.
+    ``workers`` processes (default: up to 8 per process) and write their generated subset lists
+    to ``<out folder>/splits/``; ``skip_bad`` skips and records unreadable images. The weights
+    file and every data path are checked before any work; a missing one is named with where to
+    put it.
+
+    Scale: under ``torchrun`` each rank extracts a batch-aligned shard of every split into
+    ``<out>.shards/`` and rank 0 merges them, so the cache equals a single-process run's; a plain
+    process is the one-rank case. A rerun skips every shard already complete with the same
+    settings (an interrupted run resumes). ``autocast`` (``off``, ``bf16``, ``fp16``) runs the
+    forward pass under ``torch.autocast``; recorded values are stored as float32. ``device`` is
+    ``auto`` (CUDA if available), ``cpu`` or ``cuda``. The shard folder is deleted after the
+    merge unless ``keep_shards``.
     """
+    if autocast not in AUTOCAST:
+        raise ValueError(f"unknown autocast {autocast!r}; choose from {list(AUTOCAST)}")
+    dev = distributed.resolve_device(device, distributed.from_env())
+    with distributed.session(dev) as ranks:
+        return _extract(
+            arch,
+            benchmark,
+            Path(out),
+            ranks=ranks,
+            dev=dev,
+            weights=weights,
+            data=data,
+            batch_size=batch_size,
+            odin_grid=odin_grid,
+            progress=progress,
+            workers=workers,
+            skip_bad=skip_bad,
+            autocast=autocast,
+            keep_shards=keep_shards,
+        )
+
+
+def _extract(
+    arch: str | ArchConfig,
+    benchmark: str | BenchmarkConfig,
+    out: Path,
+    *,
+    ranks: distributed.Ranks,
+    dev: torch.device,
+    weights: Path | None,
+    data: Path | None,
+    batch_size: int,
+    odin_grid: Sequence[tuple[float, float]] | None,
+    progress: bool,
+    workers: int | None,
+    skip_bad: bool | None,
+    autocast: str,
+    keep_shards: bool,
+) -> Path:
     arch_cfg, bench_cfg = _resolve(arch, benchmark)
-    out = Path(out)
     _check_inputs(arch_cfg, bench_cfg, out, weights, data)
-    weights_path = _weights(arch_cfg, bench_cfg, out, weights, progress)
+    if ranks.is_main:  # trains the digits model on first use: once, before the other ranks look
+        weights_path = _weights(arch_cfg, bench_cfg, out, weights, progress)
+    ranks.barrier()
+    if not ranks.is_main:
+        weights_path = _weights(arch_cfg, bench_cfg, out, weights, progress=False)
     model = build_model(arch_cfg)
     load_weights(model, weights_path)
     model.eval()
@@ -170,16 +241,18 @@ def extract(
     if head is None:
         raise ConfigError(f"arch {arch_cfg.name}: no head module named {arch_cfg.head!r}")
     head_w, head_b = head_parameters(head, f"arch {arch_cfg.name}")
+    model.to(dev)
     preprocess: Preprocess | None = None
     if workers is None:
-        workers = min(8, os.cpu_count() or 1)
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        workers = max(0, min(8, (os.cpu_count() or 1) // per_node))
     if bench_cfg.loader in IMAGE_LOADERS:
         preprocess = build_preprocess(arch_cfg, bench_cfg)
     splits = load_splits(
         bench_cfg,
         data,
         preprocess=preprocess,
-        splits_dir=splits_dir(out),
+        splits_dir=splits_dir(out) if ranks.is_main else None,
         skip_bad=skip_bad,
         workers=workers,
     )
@@ -202,84 +275,220 @@ def extract(
             "odin_grid": [list(p) for p in odin_grid],
         },
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "device": "cpu",
+        "device": dev.type,
+        "autocast": autocast,
     }
     if preprocess is not None:
         attrs["transform"] = preprocess.spec
         attrs["data_root"] = str(data)
     log.info(
-        "extract %s on %s -> %s (layers %s, head %s)",
+        "extract %s on %s -> %s (layers %s, head %s, device %s, autocast %s, rank %d of %d)",
         arch_cfg.name,
         bench_cfg.name,
         out,
         list(modules),
         arch_cfg.head,
+        dev,
+        autocast,
+        ranks.rank,
+        ranks.world_size,
     )
-    with (
-        LayerRecorder(model, modules, arch_cfg.head) as rec,
-        CacheWriter(
+
+    def key(name: str, start: int, stop: int) -> str:
+        """Hash of everything that determines the values of one shard."""
+        labels = np.ascontiguousarray(splits[name].labels[start:stop])
+        return shards.settings_key(
+            {
+                "format_version": FORMAT_VERSION,
+                **{k: attrs.get(k) for k in SHARD_SETTINGS},
+                "split": name,
+                "split_attrs": _split_attrs(splits[name]),
+                "rows": [start, stop],
+                "labels": hashlib.sha256(labels.tobytes()).hexdigest(),
+            }
+        )
+
+    def rows(name: str, rank: int) -> tuple[int, int]:
+        n = len(splits[name].labels)
+        return distributed.shard_rows(n, batch_size, rank, ranks.world_size)
+
+    todo = []
+    for name in splits:
+        start, stop = rows(name, ranks.rank)
+        path = shards.shard_path(out, name, ranks.rank, ranks.world_size)
+        if start == stop:
+            continue
+        if shards.is_complete(path, key(name, start, stop)):
+            log.info("shard %s is complete: skipped", path)
+            continue
+        todo.append((name, start, stop, path))
+    job = _Job(
+        model=model,
+        dev=dev,
+        batch_size=batch_size,
+        workers=workers,
+        reductions=reductions,
+        modules=modules,
+        odin_grid=odin_grid,
+        autocast=autocast,
+        attrs=attrs,
+        head=(head_w.numpy(), head_b.numpy()),
+    )
+    with LayerRecorder(model, modules, arch_cfg.head) as rec:
+        total = sum(stop - start for _, start, stop, _ in todo)
+        bar = tqdm(
+            total=total,
+            desc=f"extract (rank 0 of {ranks.world_size})" if ranks.world_size > 1 else "extract",
+            unit="img",
+            disable=not (progress and ranks.is_main),
+        )
+        for name, start, stop, path in todo:
+            spec = bench_cfg.splits[name]
+            _extract_shard(
+                job,
+                rec,
+                bar=bar,
+                path=path,
+                name=name,
+                role=spec.role,
+                dataset=spec.dataset,
+                images=splits[name],
+                start=start,
+                stop=stop,
+                key=key(name, start, stop),
+            )
+        bar.close()
+    ranks.barrier()
+    if ranks.is_main:
+        parts: dict[str, list[tuple[int, Path]]] = {}
+        for name in splits:
+            parts[name] = []
+            for r in range(ranks.world_size):
+                start, stop = rows(name, r)
+                path = shards.shard_path(out, name, r, ranks.world_size)
+                if start == stop:
+                    continue
+                if not shards.is_complete(path, key(name, start, stop)):
+                    raise RuntimeError(f"shard {path} is missing or unfinished; rerun extract")
+                parts[name].append((r, path))
+        timing = shards.merge(
             out,
+            parts,
             attrs=attrs,
             weight=head_w.numpy(),
             bias=head_b.numpy(),
             layers=list(modules),
             odin_grid=odin_grid,
-        ) as writer,
-    ):
-        total = sum(len(s.labels) for s in splits.values())
-        bar = tqdm(total=total, desc="extract", unit="img", disable=not progress)
-        for name, images in splits.items():
-            spec = bench_cfg.splits[name]
-            channels: dict[str, int] = {}
-            sw = None
-            start = time.perf_counter()
-            i = 0
-            for x in images.batches(batch_size, workers):
-                role_layers = spec.role not in FEATURES_ONLY_ROLES
-                if role_layers:
-                    logits, feats, acts, grads = record_batch(model, x, rec, reductions)
-                else:
-                    (logits, feats), acts, grads = forward_only(model, x, rec), {}, {}
-                odin = (
-                    odin_logits(model, x, odin_grid, images.pixel_std)
-                    if odin_grid and role_layers
-                    else {}
-                )
-                checks = [("logits", logits), ("features", feats), *acts.items(), *grads.items()]
-                for label, t in checks + [(f"odin {k}", v) for k, v in odin.items()]:
-                    if not torch.isfinite(t).all():
-                        rows = f"rows {i}..{i + len(x) - 1}"
-                        raise NonFiniteError(
-                            f"split {name!r}, {rows}: non-finite values in {label}"
-                        )
-                if sw is None:
-                    channels = {a: int(t.shape[1]) for a, t in acts.items()}
-                    sw = writer.create_split(
-                        name,
-                        role=spec.role,
-                        dataset=spec.dataset,
-                        n=len(images.labels),
-                        dim=int(feats.shape[1]),
-                        channels=channels,
-                        attrs=_split_attrs(images),
-                    )
-                sw.write(
-                    labels=images.labels[i : i + len(x)],
-                    logits=logits.numpy(),
-                    features=feats.numpy(),
-                    activations={a: t.numpy() for a, t in acts.items()} if role_layers else None,
-                    gradients={a: t.numpy() for a, t in grads.items()} if role_layers else None,
-                    odin={k: t.numpy() for k, t in odin.items()},
-                )
-                bar.update(len(x))
-                i += len(x)
-            seconds = time.perf_counter() - start
-            assert sw is not None
-            sw.group.attrs["images_per_second"] = float(len(images.labels) / max(seconds, 1e-9))
-            acc = ""
-            if spec.role in ID_ROLES:
-                pred = np.asarray(sw.group["logits"][()]).argmax(1)
-                acc = f", top-1 {100 * float((pred == images.labels).mean()):.2f}%"
-            log.info("split %s (%s): %d images%s", name, spec.role, len(images.labels), acc)
-        bar.close()
+            world_size=ranks.world_size,
+        )
+        log.info(
+            "%.1f images/s (%d processes, %.1f s of extraction on the busiest)",
+            timing["images_per_second"],
+            ranks.world_size,
+            timing["extract_seconds"],
+        )
+        if not keep_shards:
+            shutil.rmtree(shards.shard_dir(out), ignore_errors=True)
+    ranks.barrier()
     return out
+
+
+#: extraction settings hashed into every shard (with the split, its rows and their labels)
+SHARD_SETTINGS = (
+    "weights_sha256",
+    "config",
+    "device",
+    "autocast",
+    "transform",
+    "data_root",
+)
+
+
+@dataclass
+class _Job:
+    """What every shard of one extraction shares."""
+
+    model: torch.nn.Module
+    dev: torch.device
+    batch_size: int
+    workers: int
+    reductions: dict[str, str]
+    modules: dict[str, str]
+    odin_grid: Sequence[tuple[float, float]]
+    autocast: str
+    attrs: dict[str, Any]
+    head: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+
+
+def _extract_shard(
+    job: _Job,
+    rec: LayerRecorder,
+    *,
+    bar: tqdm[Any],
+    path: Path,
+    name: str,
+    role: str,
+    dataset: str,
+    images: SplitSource,
+    start: int,
+    stop: int,
+    key: str,
+) -> None:
+    """Rows ``[start, stop)`` of one split into the shard file ``path`` (atomic)."""
+    dtype = AUTOCAST[job.autocast]
+    scale = FP16_LOSS_SCALE if job.autocast == "fp16" else 1.0
+    role_layers = role not in FEATURES_ONLY_ROLES
+    odin_grid = job.odin_grid if role_layers else []
+    with CacheWriter(
+        path,
+        attrs={**job.attrs, "shard_key": key, "rows": [start, stop]},
+        weight=job.head[0],
+        bias=job.head[1],
+        layers=list(job.modules),
+        odin_grid=job.odin_grid,
+    ) as writer:
+        sw = None
+        begin = time.perf_counter()
+        i = start
+        for batch in images.batches(job.batch_size, job.workers, start=start, stop=stop):
+            x = batch.to(job.dev, non_blocking=True)
+            with torch.autocast(job.dev.type, dtype=dtype, enabled=dtype is not None):
+                if role_layers:
+                    logits, feats, acts, grads = record_batch(
+                        job.model, x, rec, job.reductions, loss_scale=scale
+                    )
+                else:
+                    (logits, feats), acts, grads = forward_only(job.model, x, rec), {}, {}
+                odin = odin_logits(job.model, x, odin_grid, images.pixel_std) if odin_grid else {}
+            checks = [("logits", logits), ("features", feats), *acts.items(), *grads.items()]
+            for label, t in checks + [(f"odin {k}", v) for k, v in odin.items()]:
+                if not torch.isfinite(t).all():
+                    rows = f"rows {i}..{i + len(x) - 1}"
+                    raise NonFiniteError(f"split {name!r}, {rows}: non-finite values in {label}")
+            if sw is None:
+                sw = writer.create_split(
+                    name,
+                    role=role,
+                    dataset=dataset,
+                    n=stop - start,
+                    dim=int(feats.shape[1]),
+                    channels={a: int(t.shape[1]) for a, t in acts.items()},
+                    attrs=_split_attrs(images),
+                )
+            sw.write(
+                labels=images.labels[i : i + len(x)],
+                logits=logits.numpy(),
+                features=feats.numpy(),
+                activations={a: t.numpy() for a, t in acts.items()} if role_layers else None,
+                gradients={a: t.numpy() for a, t in grads.items()} if role_layers else None,
+                odin={k: t.numpy() for k, t in odin.items()},
+            )
+            bar.update(len(x))
+            i += len(x)
+        assert sw is not None
+        sw.group.attrs["seconds"] = time.perf_counter() - begin
+        acc = ""
+        if role in ID_ROLES:
+            pred = np.asarray(sw.group["logits"][()]).argmax(1)
+            acc = f", top-1 {100 * float((pred == images.labels[start:stop]).mean()):.2f}%"
+        log.info("split %s (%s): rows %d..%d%s", name, role, start, stop - 1, acc)

@@ -241,16 +241,20 @@ _KILLED = textwrap.dedent(
 
 def test_sigkill_mid_extract_leaves_no_complete_cache(toy_weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "cache.h5"
-    tmp = out.with_name("cache.h5.tmp")
+    shards = out.with_name("cache.h5.shards")  # one file per split, written like the cache
     with subprocess.Popen([sys.executable, "-c", _KILLED, str(out), str(toy_weights)]) as proc:
         deadline = time.monotonic() + 120
-        while not tmp.exists() and proc.poll() is None and time.monotonic() < deadline:
+        while (
+            not list(shards.glob("*.tmp")) and proc.poll() is None and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         assert proc.poll() is None, "extract finished before it could be killed"
         time.sleep(0.3)  # let it write some rows
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
-    lock = out.with_name("cache.h5.lock")
+    (tmp,) = shards.glob("*.tmp")
+    shard = tmp.with_name(tmp.name.removesuffix(".tmp"))
+    lock = shard.with_name(shard.name + ".lock")
     assert not out.exists()
     assert tmp.exists() and lock.read_text().strip() == str(proc.pid)
     with pytest.raises(CacheError, match=r"\.tmp"):
@@ -262,13 +266,13 @@ def test_sigkill_mid_extract_leaves_no_complete_cache(toy_weights: Path, tmp_pat
         Cache(partial)
     # the next writer removes the dead process's lock and the stale .tmp, and publishes
     with CacheWriter(
-        out, attrs={"arch": "a", "benchmark": "b"}, weight=np.eye(2), bias=np.zeros(2), layers=[]
+        shard, attrs={"arch": "a", "benchmark": "b"}, weight=np.eye(2), bias=np.zeros(2), layers=[]
     ) as w:
         w.create_split("fit", role="fit", dataset="d", n=1, dim=2, channels={}).write(
             labels=[0], logits=[[1.0, 0.0]], features=[[1.0, 0.0]]
         )
     assert not tmp.exists() and not lock.exists()
-    with Cache(out) as cache:
+    with Cache(shard) as cache:
         assert cache.size("fit") == 1
 
 

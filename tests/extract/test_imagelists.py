@@ -439,6 +439,10 @@ def test_workers_decode_the_same_batches(tmp_path: Path) -> None:
     serial = torch.cat(list(split.batches(2, workers=0)))
     parallel = torch.cat(list(split.batches(2, workers=2)))
     torch.testing.assert_close(serial, parallel, rtol=0, atol=0)
+    # a shard (rows start:stop, as one torchrun rank reads it) is the same rows of the whole
+    shard = list(split.batches(2, start=1, stop=3))
+    assert [len(b) for b in shard] == [2]
+    torch.testing.assert_close(torch.cat(shard), serial[1:3], rtol=0, atol=0)
 
 
 # --- preprocessing comes from the libraries ---

@@ -1,0 +1,96 @@
+"""Multi-process extraction under ``torchrun``: who am I, which rows are mine, wait for the others.
+
+``torchrun --nproc_per_node=P -m oodcache extract …`` starts P processes with ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` set. Each rank extracts a contiguous shard of every split; shard
+boundaries fall on whole batches, so every batch holds the same rows as in a single-process run
+and the merged cache is identical to it. A plain process is the one-rank case (no process group).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the run: rank, world size, local rank (its GPU on the node)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op in a single process)."""
+        if self.world_size > 1 and tdist.is_initialized():
+            if tdist.get_backend() == "nccl":
+                tdist.barrier(device_ids=[torch.cuda.current_device()])
+            else:
+                tdist.barrier()
+
+
+def from_env() -> Ranks:
+    """The torchrun variables, or the single-process defaults when they are unset."""
+    try:
+        return Ranks(
+            rank=int(os.environ.get("RANK", "0")),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        )
+    except ValueError as exc:
+        raise ValueError(f"bad torchrun variable (RANK, WORLD_SIZE, LOCAL_RANK): {exc}") from exc
+
+
+def resolve_device(device: str, ranks: Ranks) -> torch.device:
+    """``auto`` picks CUDA when available; under torchrun each rank takes GPU ``LOCAL_RANK``."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose from {DEVICES}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda, but torch sees no GPU; use --device cpu")
+        torch.cuda.set_device(ranks.local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@contextmanager
+def session(device: torch.device) -> Iterator[Ranks]:
+    """The process group for this run (gloo on CPU, nccl on CUDA), created only under torchrun and
+    only if no caller created it already; destroyed on exit by whoever created it."""
+    ranks = from_env()
+    created = False
+    if ranks.world_size > 1 and not tdist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        tdist.init_process_group(backend=backend)
+        created = True
+        log.info("rank %d of %d (%s)", ranks.rank, ranks.world_size, backend)
+    try:
+        yield ranks
+    finally:
+        if created:
+            tdist.destroy_process_group()
+
+
+def shard_rows(n: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of an ``n``-row split that ``rank`` extracts: a contiguous run of
+    whole batches (the last one may be short), so batches match a single-process run exactly."""
+    batches = -(-n // batch_size)
+    first = batches * rank // world_size
+    last = batches * (rank + 1) // world_size
+    return min(n, first * batch_size), min(n, last * batch_size)
