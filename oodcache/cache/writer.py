@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from oodcache.cache import schema
+from oodcache.faultpoints import faultpoint
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class CacheWriter:
             head.create_dataset("weight", data=self.weight)
             head.create_dataset("bias", data=self.bias)
             self.file.create_group(schema.SPLITS, track_order=True)
+            faultpoint("writer.opened")
         except BaseException:
             self._abort()
             raise
@@ -202,6 +204,7 @@ class CacheWriter:
                 g[f"{schema.ODIN}/{key}"].attrs["epsilon"] = e
         writer = SplitWriter(g, n)
         self.splits.append(writer)
+        faultpoint("writer.split")
         return writer
 
     def _abort(self) -> None:
@@ -228,9 +231,12 @@ class CacheWriter:
                 split.close()
             self.file.attrs[schema.COMPLETE] = True
             self.file.flush()
+            faultpoint("writer.closing")
             self.file.close()
             self.file = None
+            faultpoint("writer.renaming")
             os.replace(self.tmp, self.path)
+            faultpoint("writer.renamed")
             log.info("wrote %s", self.path)
         except BaseException:
             self._abort()

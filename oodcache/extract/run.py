@@ -42,6 +42,7 @@ from oodcache.extract.models import (
 from oodcache.extract.recorder import LayerRecorder, forward_only, odin_logits, record_batch
 from oodcache.extract.train import train_digits_model
 from oodcache.extract.transforms import Preprocess, build_preprocess
+from oodcache.faultpoints import faultpoint
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,7 @@ def extract(
                 )
                 bar.update(len(x))
                 i += len(x)
+                faultpoint("extract.batch")
             seconds = time.perf_counter() - start
             assert sw is not None
             sw.group.attrs["images_per_second"] = float(len(images.labels) / max(seconds, 1e-9))
