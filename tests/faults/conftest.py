@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 
 import pytest
 import torch
-
 from faultkit import TINY_BATCH, TINY_BENCH
+
 from oodcache.extract.models import build_model, resolve_arch
 from oodcache.extract.run import extract
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-
 from conftest import TinyExtract
 from faultkit import TINY_BATCH, TINY_BATCHES, cli, cli_env, digest
+
 from oodcache.cache import Cache
 from oodcache.extract.run import extract
 from oodcache.faultpoints import run_armed
