@@ -535,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         PermissionError,
         RuntimeError,
+        OSError,  # a full disk, a read-only folder: a message, not a traceback
     ) as err:
         if args.verbose:
             raise

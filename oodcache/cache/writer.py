@@ -211,6 +211,8 @@ class CacheWriter:
         if self.file is not None:
             try:
                 self.file.close()
+            except Exception as err:  # noqa: BLE001 - e.g. a full disk; the file goes anyway
+                log.warning("closing %s after a failure: %s", self.tmp, err)
             finally:
                 self.file = None
         self.tmp.unlink(missing_ok=True)

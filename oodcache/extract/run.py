@@ -29,6 +29,7 @@ from oodcache.config import (
     load_benchmark,
     splits_dir,
 )
+from oodcache.extract import preflight
 from oodcache.extract.data import IMAGE_LOADERS, load_splits
 from oodcache.extract.imagelists import missing_data
 from oodcache.extract.models import (
@@ -162,6 +163,7 @@ def extract(
     """
     arch_cfg, bench_cfg = _resolve(arch, benchmark)
     out = Path(out)
+    preflight.check_output(out)  # writable folder, no live writer: before any work
     _check_inputs(arch_cfg, bench_cfg, out, weights, data)
     weights_path = _weights(arch_cfg, bench_cfg, out, weights, progress)
     model = build_model(arch_cfg)
@@ -190,6 +192,19 @@ def extract(
         odin_grid = [(float(t), float(e)) for t in temps for e in epsilons]
     reductions = {alias: spec.reduction for alias, spec in arch_cfg.layers.items()}
     modules = {alias: spec.module for alias, spec in arch_cfg.layers.items()}
+    roles = {name: spec.role for name, spec in bench_cfg.splits.items()}
+    preflight.check_space(
+        out,
+        preflight.planned_bytes(
+            model,
+            splits,
+            roles,
+            modules=modules,
+            reductions=reductions,
+            head=arch_cfg.head,
+            odin_pairs=len(odin_grid),
+        ),
+    )
     attrs = {
         "arch": arch_cfg.name,
         "benchmark": bench_cfg.name,
