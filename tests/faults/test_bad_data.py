@@ -28,7 +28,8 @@ loader: imagelist
 num_classes: 3
 seed: 0
 options:
-  preprocess: {{resize: 32, crop: 32, interpolation: bilinear, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}}
+  preprocess:
+    {{resize: 32, crop: 32, interpolation: bilinear, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}}
   skip_bad: {skip_bad}
 splits:
   fit:     {{role: fit,     dataset: d, source: {{list: lists/id.txt, root: images}}}}
