@@ -6,6 +6,7 @@ This is the only code that reads test splits, and it runs after search.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,7 +30,20 @@ def load_best(cache_path: Path, method: str) -> dict[str, Any]:
         raise FileNotFoundError(
             f"no tuned parameters at {path}; run `oodcache search --method {method}`"
         )
-    return dict(json.loads(path.read_text()))
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); rerun `oodcache search --method {method}`"
+        ) from None
+    if not isinstance(record, dict) or not isinstance(record.get("params"), dict):
+        raise ValueError(
+            f"{path}: expected a JSON object with a 'params' object; rerun "
+            f"`oodcache search --method {method}`"
+        )
+    if record.get("method", method) != method:
+        raise ValueError(f"{path} holds parameters of {record['method']!r}, not {method!r}")
+    return dict(record)
 
 
 def searched_methods(cache_path: Path) -> list[str]:
@@ -41,6 +55,12 @@ def fitted(cache_path: Path, method: str, params: dict[str, Any] | None) -> Scor
     cls = get_scorer(method)
     with Cache(cache_path, allowed_roles=SEARCH_ROLES) as cache:
         inputs = load_inputs(cache, cls)
+        if params is not None:
+            fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+            if unknown := sorted(set(params) - fields):
+                raise ValueError(
+                    f"{method}: unknown parameters {unknown}; {method} takes {sorted(fields)}"
+                )
         scorer = cls(**params) if params is not None else cls.official(inputs.info)
         return scorer.fit(inputs.stats)
 
