@@ -2,7 +2,9 @@
 
 ``OODCACHE_FAULT=<point>#<n>`` (several joined by ``,``) makes the process kill itself with
 SIGKILL the ``n``-th time (1-based) it reaches ``faultpoint("<point>")``: no cleanup, no
-``finally``, no ``atexit`` — the closest a test gets to a power cut or the OOM killer. The points
+``finally``, no ``atexit`` — the closest a test gets to a power cut or the OOM killer.
+``<point>#<n>@stop`` sends SIGSTOP instead: the process freezes there, alive (holding its locks),
+until a test sends SIGCONT — how a test runs a second writer while the first is mid-write. The points
 sit where a crash is most likely to leave something half-written (after a batch, around the
 cache's close and rename, inside a search trial). ``POINTS`` lists them for the tests.
 """
@@ -29,33 +31,39 @@ POINTS: dict[str, str] = {
 }
 
 _seen: Counter[str] = Counter()
-_parsed: tuple[str, dict[str, int]] = ("", {})
 
 
-def _targets() -> dict[str, int]:
+_SIGNALS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
+_parsed: tuple[str, dict[str, tuple[int, signal.Signals]]] = ("", {})
+
+
+def _targets() -> dict[str, tuple[int, signal.Signals]]:
     global _parsed
     raw = os.environ.get(ENV, "")
     if raw != _parsed[0]:
-        targets: dict[str, int] = {}
+        targets: dict[str, tuple[int, signal.Signals]] = {}
         for item in filter(None, (s.strip() for s in raw.split(","))):
-            point, _, n = item.partition("#")
+            spec, _, action = item.partition("@")
+            point, _, n = spec.partition("#")
             if point not in POINTS:
                 raise ValueError(f"{ENV}: unknown fault point {point!r}; known: {sorted(POINTS)}")
-            targets[point] = int(n or 1)
+            if (action or "kill") not in _SIGNALS:
+                raise ValueError(f"{ENV}: unknown action {action!r}; known: {sorted(_SIGNALS)}")
+            targets[point] = (int(n or 1), _SIGNALS[action or "kill"])
         _parsed = (raw, targets)
     return _parsed[1]
 
 
 def faultpoint(point: str) -> None:
-    """Kill this process (SIGKILL) if ``OODCACHE_FAULT`` asks for ``point`` at this visit."""
+    """Kill (or stop) this process if ``OODCACHE_FAULT`` asks for ``point`` at this visit."""
     if ENV not in os.environ:
         return
     target = _targets().get(point)
     if target is None:
         return
     _seen[point] += 1
-    if _seen[point] == target:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _seen[point] == target[0]:
+        os.kill(os.getpid(), target[1])
 
 
 def run_armed(spec: str, func: Callable[..., object], /, *args: Any, **kwargs: Any) -> None:
