@@ -17,16 +17,12 @@ from typing import Any, NoReturn
 
 import pytest
 import torch
-from faultkit import TINY_BATCH, TINY_BENCH
+from faultkit import TINY_BATCH, TINY_BENCH, TinyExtract
 
 from oodcache.extract.models import build_model, resolve_arch
 from oodcache.extract.run import extract
 
 _records: list[dict[str, Any]] = []
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "case(id): the fault-catalogue case a test covers")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -81,9 +77,6 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "weights.pt"
     torch.save(build_model(resolve_arch("digits_resnet")).state_dict(), path)
     return path
-
-
-TinyExtract = Callable[..., Path]
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ splits:
 TINY_BATCH = 4
 #: batches of the tiny benchmark at TINY_BATCH: 5 + 5 + 4 + 3
 TINY_BATCHES = 17
+
+#: ``tiny_extract(out, **kw)`` (conftest fixture): the tiny benchmark extracted in-process
+TinyExtract = Callable[..., Path]
 
 #: attributes that legitimately differ between two runs of the same extraction
 VOLATILE_ATTRS = frozenset({"created", "images_per_second"})

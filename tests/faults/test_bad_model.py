@@ -12,8 +12,7 @@ from typing import NoReturn
 import pytest
 import torch
 import yaml
-from conftest import TinyExtract
-from faultkit import cli, cli_env, digest
+from faultkit import TinyExtract, cli, cli_env, digest
 
 from oodcache.config import CONFIG_DIR, ConfigError
 from oodcache.extract.models import WeightsError

@@ -15,8 +15,7 @@ from typing import NoReturn
 
 import optuna
 import pytest
-from conftest import TinyExtract
-from faultkit import TINY_BATCH, cli, cli_env, digest
+from faultkit import TINY_BATCH, TinyExtract, cli, cli_env, digest
 from optuna.trial import TrialState
 
 from oodcache.cache import Cache

@@ -12,8 +12,7 @@ from typing import NoReturn
 
 import optuna
 import pytest
-from conftest import TinyExtract
-from faultkit import TINY_BATCH, cli, cli_env, digest
+from faultkit import TINY_BATCH, TinyExtract, cli, cli_env, digest
 
 case = pytest.mark.case
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from conftest import TinyExtract
-from faultkit import TINY_BATCH, cli, cli_env, digest
+from faultkit import TINY_BATCH, TinyExtract, cli, cli_env, digest
 
 from oodcache.cache import Cache
 from oodcache.extract import preflight

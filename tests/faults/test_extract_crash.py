@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from conftest import TinyExtract
-from faultkit import TINY_BATCH, TINY_BATCHES, cli, cli_env, digest
+from faultkit import TINY_BATCH, TINY_BATCHES, TinyExtract, cli, cli_env, digest
 
 from oodcache.cache import Cache
 from oodcache.extract.run import extract

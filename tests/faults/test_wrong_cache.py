@@ -15,8 +15,7 @@ import h5py
 import optuna
 import pytest
 import torch
-from conftest import TinyExtract
-from faultkit import cli, cli_env
+from faultkit import TinyExtract, cli, cli_env
 
 from oodcache.cache import Cache, CacheError
 from oodcache.cache.schema import FORMAT_VERSION
