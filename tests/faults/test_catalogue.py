@@ -33,3 +33,13 @@ def test_every_test_function_is_marked() -> None:
         tests = re.findall(r"^def (test_\w+)", text, flags=re.M)
         marked = re.findall(r'@case\("[^"]+"\)\n(?:@.*\n|    .*\n|\)\n)*?def (test_\w+)', text)
         assert sorted(tests) == sorted(marked), f"{path.name}: unmarked tests"
+
+
+def test_reliability_page_lists_every_case_and_no_data_lost() -> None:
+    page = (HERE.parents[1] / "docs" / "reliability.md").read_text()
+    summary = re.search(r"\*\*(\d+) cases tried, (\d+) passed, (\d+) data lost\*\*", page)
+    assert summary is not None, "summary line missing: run tests/faults/reliability.py"
+    tried, passed, lost = (int(g) for g in summary.groups())
+    assert tried == passed and lost == 0
+    missing = [c for c in CASES if f"| {c} |" not in page]
+    assert missing == [], "cases missing from docs/reliability.md: run tests/faults/reliability.py"
