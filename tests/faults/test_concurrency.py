@@ -25,9 +25,12 @@ from oodcache.search.study import study_name
 case = pytest.mark.case
 
 
-def _wait_stopped(pid: int, timeout: float = 120.0) -> None:
+def _wait_stopped(proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    pid = proc.pid
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process {pid} ended before its stop point: {proc.stderr}")
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
         if state == "T":
             return
@@ -50,7 +53,7 @@ def test_second_extract_on_the_same_output_is_refused(
     env = cli_env(OODCACHE_FAULT="extract.batch#6@stop")  # first writer freezes mid-split
     first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_stopped(first.pid)
+        _wait_stopped(first)
         tmp_before = out.with_name("cache.h5.tmp").stat()
         with pytest.raises(
             CacheLockedError, match=rf"being written by running process {first.pid}"
