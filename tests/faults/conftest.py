@@ -73,9 +73,10 @@ def tiny_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Seeded, untrained digits_resnet weights (extraction does not care how good they are)."""
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "weights.pt"
-    torch.save(build_model(resolve_arch("digits_resnet")).state_dict(), path)
+    with torch.random.fork_rng():  # leave the session's RNG state alone
+        torch.manual_seed(0)
+        torch.save(build_model(resolve_arch("digits_resnet")).state_dict(), path)
     return path
 
 

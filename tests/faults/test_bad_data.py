@@ -96,10 +96,11 @@ class Tree:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Seeded random ResNet-18 (32×32) weights for three classes."""
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "resnet18_3.pt"
     arch = dataclasses.replace(resolve_arch("resnet18_32x32"), num_classes=3)
-    torch.save(build_model(arch).state_dict(), path)
+    with torch.random.fork_rng():  # leave the session's RNG state alone
+        torch.manual_seed(0)
+        torch.save(build_model(arch).state_dict(), path)
     return path
 
 
