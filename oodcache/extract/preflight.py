@@ -22,6 +22,7 @@ from torch import nn
 
 from oodcache.cache.schema import FEATURES_ONLY_ROLES
 from oodcache.cache.writer import CacheLockedError, _pid_alive
+from oodcache.config import ArchConfig, BenchmarkConfig
 from oodcache.extract.data import SplitSource
 from oodcache.extract.recorder import LayerRecorder, pool
 
@@ -108,27 +109,26 @@ def check_space(out: Path, needed: int) -> None:
 
 def planned_bytes(
     model: nn.Module,
+    arch: ArchConfig,
+    bench: BenchmarkConfig,
     splits: Mapping[str, SplitSource],
-    roles: Mapping[str, str],
-    *,
-    modules: Mapping[str, str],
-    reductions: Mapping[str, str],
-    head: str,
-    odin_pairs: int,
+    odin_grid: Sequence[tuple[float, float]],
 ) -> int:
-    """:func:`expected_bytes` of an extraction; layer widths come from one image's forward pass."""
+    """:func:`expected_bytes` of an extraction; layer widths come from one image's forward pass
+    (an unknown layer name fails here, before the network runs over the data)."""
+    modules = {alias: spec.module for alias, spec in arch.layers.items()}
     first = next(iter(splits.values()))
     x = next(iter(first.batches(1, 0)))
-    with LayerRecorder(model, modules, head) as rec, torch.no_grad():
+    with LayerRecorder(model, modules, arch.head) as rec, torch.no_grad():
         logits = model(x)
-        channels = [int(pool(rec.out[a], reductions[a]).shape[1]) for a in modules]
+        channels = [int(pool(rec.out[a], arch.layers[a].reduction).shape[1]) for a in modules]
         assert rec.features is not None
         dim = int(rec.features.flatten(1).shape[1])
-    rows = {name: (roles[name], len(s.labels)) for name, s in splits.items()}
+    rows = {name: (bench.splits[name].role, len(s.labels)) for name, s in splits.items()}
     return expected_bytes(
         rows,
         num_classes=int(logits.shape[1]),
         feature_dim=dim,
         channels=channels,
-        odin_pairs=odin_pairs,
+        odin_pairs=len(odin_grid),
     )

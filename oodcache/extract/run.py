@@ -192,18 +192,8 @@ def extract(
         odin_grid = [(float(t), float(e)) for t in temps for e in epsilons]
     reductions = {alias: spec.reduction for alias, spec in arch_cfg.layers.items()}
     modules = {alias: spec.module for alias, spec in arch_cfg.layers.items()}
-    roles = {name: spec.role for name, spec in bench_cfg.splits.items()}
     preflight.check_space(
-        out,
-        preflight.planned_bytes(
-            model,
-            splits,
-            roles,
-            modules=modules,
-            reductions=reductions,
-            head=arch_cfg.head,
-            odin_pairs=len(odin_grid),
-        ),
+        out, preflight.planned_bytes(model, arch_cfg, bench_cfg, splits, odin_grid)
     )
     attrs = {
         "arch": arch_cfg.name,
