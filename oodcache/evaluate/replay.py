@@ -24,7 +24,9 @@ from oodcache.search.study import load_inputs
 log = logging.getLogger(__name__)
 
 
-def load_best(cache_path: Path, method: str) -> dict[str, Any]:
+def load_best(cache_path: Path, method: str, *, verify: bool = False) -> dict[str, Any]:
+    """The record of ``best/<method>.json``, validated; with ``verify``, it must have been tuned
+    on this very cache (same fingerprint), so re-extracted caches never get stale parameters."""
     path = best_dir(cache_path) / f"{method}.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -43,6 +45,14 @@ def load_best(cache_path: Path, method: str) -> dict[str, Any]:
         )
     if record.get("method", method) != method:
         raise ValueError(f"{path} holds parameters of {record['method']!r}, not {method!r}")
+    if verify and "cache_fingerprint" in record:
+        with Cache(cache_path) as cache:
+            fingerprint = cache.fingerprint()
+        if record["cache_fingerprint"] != fingerprint:
+            raise ValueError(
+                f"{path} was tuned on another cache (fingerprint {record['cache_fingerprint']}, "
+                f"this cache {fingerprint}); rerun `oodcache search --method {method}`"
+            )
     return dict(record)
 
 

@@ -227,6 +227,11 @@ CASES: dict[str, Case] = {
         "exit 2 'needs per-layer arrays' / 'needs ODIN-perturbed logits … re-extract'; no "
         "study created",
     ),
+    "cache-best-from-other-cache": Case(
+        "cache",
+        "`oodcache score --best-all` after the cache was re-extracted with other weights",
+        "exit 2 'best/<method>.json was tuned on another cache (fingerprint …)'; no scores",
+    ),
     # 8 concurrency --------------------------------------------------------------------------
     "concurrency-second-extract-refused": Case(
         "concurrency",

@@ -130,3 +130,20 @@ def test_method_needing_absent_arrays_fails_before_a_study(
     assert done.returncode == 2
     assert re.search(pattern, done.stderr), done.stderr
     assert not (cache.parent / "studies").exists()  # no study was even created
+
+
+@case("cache-best-from-other-cache")
+def test_score_refuses_parameters_tuned_on_another_cache(
+    cache: Path, tiny_extract: TinyExtract, tiny_weights: Path, tmp_path: Path
+) -> None:
+    assert _search(cache, "react", "--trials", "2").returncode == 0
+    state = torch.load(tiny_weights, weights_only=True)
+    state["fc.bias"] += 1.0
+    other_weights = tmp_path / "other.pt"
+    torch.save(state, other_weights)
+    shutil.copy2(tiny_extract(tmp_path / "other" / "cache.h5", weights=other_weights), cache)
+    cmd = cli("score", "--cache", str(cache), "--best-all")
+    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "react.json was tuned on another cache (fingerprint" in done.stderr
+    assert not (cache.parent / "scores" / "react.npz").exists()
