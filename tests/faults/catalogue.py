@@ -37,6 +37,13 @@ CASES: dict[str, Case] = {
         "new cache; the rerun completes, leaves no .tmp/.lock, and is bit-identical to an "
         "uninterrupted run",
     ),
+    "crash-extract-random-kill": Case(
+        "crash",
+        "SIGKILL an extraction from outside after a seeded random delay (6 seeds, half over an "
+        "older cache), wherever it lands",
+        "the same invariants: absent / older cache / complete new cache, never partial; the "
+        "rerun is bit-identical to an uninterrupted run",
+    ),
     "crash-extract-cli": Case(
         "crash",
         "SIGKILL `oodcache extract` mid-split, rerun the same command",

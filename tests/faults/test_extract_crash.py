@@ -12,8 +12,11 @@ per kill would spend most of the loop importing); one case goes through the real
 from __future__ import annotations
 
 import multiprocessing
+import os
+import random
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from multiprocessing.context import ForkServerContext
 from pathlib import Path
@@ -124,3 +127,40 @@ def test_cli_extract_killed_mid_split_then_rerun(
         data_lost("CLI rerun after a kill differs from an uninterrupted run")
     assert not out.with_name("cache.h5.tmp").exists()
     assert not out.with_name("cache.h5.lock").exists()
+
+
+@pytest.mark.slow
+@case("crash-extract-random-kill")
+@pytest.mark.parametrize("seed", range(6))
+def test_kill_at_a_random_moment_then_rerun(
+    seed: int,
+    forkserver: ForkServerContext,
+    tiny_bench: Path,
+    tiny_weights: Path,
+    tiny_extract: TinyExtract,
+    tiny_reference: Path,
+    write_synthetic: Callable[..., object],
+    tmp_path: Path,
+    data_lost: Callable[[str], NoReturn],
+) -> None:
+    """SIGKILL from outside after a seeded random delay: wherever it lands (inside HDF5, torch,
+    between named points, or after the run ended), the invariants hold."""
+    out = tmp_path / "cache.h5"
+    allowed = {"uninterrupted": digest(tiny_reference)}
+    if seed % 2:
+        write_synthetic(out)
+        allowed["previous"] = digest(out)
+    kwargs = {"weights": tiny_weights, "batch_size": TINY_BATCH, "progress": False, "workers": 0}
+    proc = forkserver.Process(
+        target=extract, args=("digits_resnet", str(tiny_bench), out), kwargs=kwargs
+    )
+    proc.start()
+    time.sleep(random.Random(seed).uniform(0.1, 2.0))
+    if proc.pid is not None and proc.exitcode is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.join(timeout=300)
+    _check_output(out, allowed, data_lost)
+    tiny_extract(out)
+    if digest(out) != allowed["uninterrupted"]:
+        data_lost(f"rerun after a random kill (seed {seed}) differs from an uninterrupted run")
+    assert {p.name for p in tmp_path.iterdir()} - {"cache.h5", "splits"} == set()
