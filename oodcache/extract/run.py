@@ -251,7 +251,9 @@ def extract(
                     if odin_grid and role_layers
                     else {}
                 )
-                checks = [("logits", logits), ("features", feats), *acts.items(), *grads.items()]
+                checks = [("logits", logits), ("features", feats)]
+                checks += [(f"layer {a} activation", t) for a, t in acts.items()]
+                checks += [(f"layer {a} gradient", t) for a, t in grads.items()]
                 for label, t in checks + [(f"odin {k}", v) for k, v in odin.items()]:
                     if not torch.isfinite(t).all():
                         rows = f"rows {i}..{i + len(x) - 1}"

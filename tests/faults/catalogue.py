@@ -169,6 +169,12 @@ CASES: dict[str, Case] = {
         "NonFiniteError \"split 'fit', rows 0..3: non-finite values in logits\"; the older "
         "cache untouched, no temp file",
     ),
+    "model-nonfinite-later-split": Case(
+        "model",
+        "a NaN in one layer's activation, then gradient, of a later split's batch only",
+        "NonFiniteError \"split 'ood_val', rows 4..7: non-finite values in layer layer2 "
+        'gradient" (or activation); no file left',
+    ),
     "model-class-count": Case(
         "model",
         "a 5-class arch on a 7-class benchmark",

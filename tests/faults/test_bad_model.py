@@ -125,3 +125,30 @@ def test_arch_and_benchmark_class_counts_must_agree(tiny_bench: Path, tmp_path: 
     path.write_text(yaml.safe_dump(bench))
     with pytest.raises(ConfigError, match=r"cannot run on benchmark tiny \(7 classes\)"):
         extract("digits_resnet", str(path), tmp_path / "cache.h5", progress=False)
+
+
+@case("model-nonfinite-later-split")
+@pytest.mark.parametrize("kind", ["activation", "gradient"])
+def test_nan_in_a_later_split_names_split_rows_and_array(
+    kind: str, tiny_extract: TinyExtract, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN that only the 12th batch produces (ood_val, rows 4..7) in one layer's gradient or
+    activation: the error names the split, the rows and the array; no file is left."""
+    import oodcache.extract.run as run
+
+    real, calls = run.record_batch, []
+
+    def poisoned(*args: object, **kwargs: object) -> object:
+        logits, feats, acts, grads = real(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(1)
+        if len(calls) == 12:
+            target = acts if kind == "activation" else grads
+            target["layer2"][1, 0] = float("nan")
+        return logits, feats, acts, grads
+
+    monkeypatch.setattr(run, "record_batch", poisoned)
+    out = tmp_path / "cache.h5"
+    pattern = rf"split 'ood_val', rows 4\.\.7: non-finite values in layer layer2 {kind}"
+    with pytest.raises(NonFiniteError, match=pattern):
+        tiny_extract(out)
+    assert _nothing_written(out)
