@@ -91,6 +91,12 @@ CASES: dict[str, Case] = {
         "extract into a 400 kB tmpfs holding an older cache, free-space check bypassed",
         "'No space left on device' error; the temp file and lock removed; the older cache intact",
     ),
+    "disk-readonly-search": Case(
+        "disk",
+        "`oodcache search` on a cache in a read-only folder (no room for studies/)",
+        "exit 2 naming the studies folder and 'Read-only file system'; no traceback, nothing "
+        "written",
+    ),
     # 4 data ---------------------------------------------------------------------------------
     "data-truncated-image": Case(
         "data", "a PNG cut in half", "ImageListError 'id.txt:5: cannot read image …'; no file"

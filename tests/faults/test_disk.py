@@ -9,6 +9,7 @@ mounts need root; without it those cases are skipped.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -132,3 +133,25 @@ def test_disk_full_mid_write_leaves_nothing_half_written(
     assert sorted(p.name for p in folder.iterdir() if p.name != "splits") == ["cache.h5"]
     if digest(out) != before:
         data_lost("the older cache changed after a failed extraction")
+
+
+@case("disk-readonly-search")
+def test_search_beside_a_read_only_cache_is_a_clean_error(
+    mount: Callable[[str], Path], tiny_reference: Path, tmp_path: Path
+) -> None:
+    if os.geteuid() == 0:
+        folder = mount("size=2m")
+        shutil.copy2(tiny_reference, folder / "cache.h5")
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        cause = "Read-only file system"
+    else:
+        folder, cause = tmp_path / "ro", "Permission denied"
+        folder.mkdir()
+        shutil.copy2(tiny_reference, folder / "cache.h5")
+        folder.chmod(0o555)
+    cmd = cli("search", "--cache", str(folder / "cache.h5"), "--method", "react", "--trials", "2")
+    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert cause in done.stderr and str(folder / "studies") in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["cache.h5"]
