@@ -50,6 +50,15 @@ How the faults are made:
   free space (expected size = rows × bytes per row of every planned array) before the network
   runs; a disk that fills anyway fails cleanly. Read-only and tiny filesystems are real tmpfs
   mounts (skipped without root).
+
+Known limits (by design or not yet done):
+
+- A search worker killed between Optuna creating a trial and the objective's first line leaves a
+  RUNNING trial without a worker record; it is never failed automatically, but `--until N` still
+  reaches N complete trials. RUNNING trials of workers on another host are left alone.
+- A rerun of a killed extraction starts again from the beginning (no per-shard resume yet).
+- The image-list path check is lexical: symlinks inside the data root are followed on purpose.
+- A disk that fills up mid-write is reported with HDF5's own message ("No space left on device").
 """
 
 
