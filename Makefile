@@ -88,3 +88,6 @@ $(OUT)/report/report.md: $(BEST) | $(STAMP)
 
 bench: $(STAMP) ## performance figures: stage wall times, NAC trials/s, extraction images/s
 	$(BIN)/python benchmarks/bench_pipeline.py
+
+reliability: $(STAMP) ## run the fault suite (tests/faults) and rewrite docs/reliability.md
+	$(BIN)/python tests/faults/reliability.py

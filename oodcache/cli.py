@@ -482,9 +482,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     if args.best_all:
         for method in searched_methods(args.cache):
-            print(
-                f"wrote {write_scores(args.cache, method, load_best(args.cache, method)['params'])}"
-            )
+            best = load_best(args.cache, method, verify=True)["params"]
+            print(f"wrote {write_scores(args.cache, method, best)}")
         return 0
     if not (args.method and args.split and args.out):
         raise ConfigError("score needs --method, --split and --out (or --best-all)")
@@ -492,7 +491,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.params:
         params = json.loads(args.params)
     elif args.best:
-        params = load_best(args.cache, args.method)["params"]
+        params = load_best(args.cache, args.method, verify=True)["params"]
     scores = score_split(args.cache, args.method, params, args.split)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.save(args.out, scores)
@@ -508,7 +507,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     caches = [c or cache_path("digits", "digits_resnet") for c in caches]
     for cache in caches:
         for method in searched_methods(cache):
-            write_scores(cache, method, load_best(cache, method)["params"])
+            write_scores(cache, method, load_best(cache, method, verify=True)["params"])
     md, out = build_checkpoint_report(
         caches,
         fpr_convention=args.fpr,
@@ -581,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         PermissionError,
         RuntimeError,
+        OSError,  # a full disk, a read-only folder: a message, not a traceback
     ) as err:
         if args.verbose:
             raise

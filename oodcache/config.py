@@ -144,7 +144,10 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     with path.open() as fh:
-        data = yaml.safe_load(fh)
+        try:
+            data = yaml.safe_load(fh)  # plain data only: a !!python/... tag is refused
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not a valid plain YAML config: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

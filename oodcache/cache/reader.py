@@ -172,19 +172,37 @@ class Cache:
     def layers(self) -> list[str]:
         return [str(x) for x in _attr(self.file.attrs["layers"])]
 
+    def _json_attr(self, key: str, default: str) -> Any:
+        """A JSON-encoded root attribute, parsed (never evaluated); bad text is a CacheError."""
+        raw = _attr(self.file.attrs.get(key, default))
+        try:
+            return json.loads(raw)
+        except (TypeError, ValueError) as err:
+            raise CacheError(
+                f"{self.path}: attribute {key!r} is not valid JSON ({err}); the file was not "
+                "written by oodcache extract or was altered; re-extract it"
+            ) from None
+
     @property
     def odin_grid(self) -> list[tuple[float, float]]:
         """The (temperature, epsilon) pairs whose perturbed logits were recorded (may be empty)."""
-        raw = _attr(self.file.attrs.get("odin_grid", "[]"))
-        return [(float(t), float(e)) for t, e in json.loads(raw)]
+        raw = self._json_attr("odin_grid", "[]")
+        try:
+            return [(float(t), float(e)) for t, e in raw]
+        except (TypeError, ValueError):
+            raise CacheError(
+                f"{self.path}: attribute 'odin_grid' is not a list of [temperature, epsilon] pairs"
+            ) from None
 
     @property
     def feature_dim(self) -> int:
         return int(self.file[f"{schema.HEAD}/weight"].shape[1])
 
     def config(self) -> dict[str, Any]:
-        raw = _attr(self.file.attrs.get("config", "{}"))
-        return dict(json.loads(raw))
+        raw = self._json_attr("config", "{}")
+        if not isinstance(raw, dict):
+            raise CacheError(f"{self.path}: attribute 'config' is not a JSON object")
+        return raw
 
     @property
     def roles(self) -> dict[str, str]:

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from oodcache.cache import schema
+from oodcache.faultpoints import faultpoint
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ class CacheLockedError(RuntimeError):
     """Another live process is writing the same cache."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -37,11 +39,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class _Lock:
+def lock_path(out: Path) -> Path:
+    """The lock file of the cache ``out``: ``<out>.lock``, holding the writer's process id."""
+    return out.with_name(out.name + ".lock")
+
+
+#: lock files this process holds, with how many times (an extraction holds its cache's lock for
+#: the whole run and takes it again to write the merged cache)
+_HELD: dict[Path, int] = {}
+
+
+class CacheLock:
+    """An exclusive, re-entrant (within one process) lock file; a dead holder's lock is stale and
+    is taken over."""
+
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.path = path.absolute()
 
     def acquire(self) -> None:
+        if _HELD.get(self.path):
+            _HELD[self.path] += 1
+            return
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -50,7 +68,7 @@ class _Lock:
                     pid = int(self.path.read_text().strip() or 0)
                 except (OSError, ValueError):
                     pid = 0
-                if pid and _pid_alive(pid) and pid != os.getpid():
+                if pid and pid_alive(pid) and pid != os.getpid():
                     raise CacheLockedError(
                         f"{self.path} is held by running process {pid}; wait for it to finish "
                         f"or stop it (a stale lock from a dead process is removed automatically)"
@@ -60,10 +78,15 @@ class _Lock:
                 continue
             with os.fdopen(fd, "w") as fh:
                 fh.write(str(os.getpid()))
+            _HELD[self.path] = 1
             return
         raise CacheLockedError(f"could not take the lock {self.path}")
 
     def release(self) -> None:
+        held = _HELD.pop(self.path, 0)
+        if held > 1:
+            _HELD[self.path] = held - 1
+            return
         self.path.unlink(missing_ok=True)
 
 
@@ -126,7 +149,7 @@ class CacheWriter:
     ) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.lock = _Lock(self.path.with_name(self.path.name + ".lock"))
+        self.lock = CacheLock(lock_path(self.path))
         self.attrs = dict(attrs)
         self.weight = np.asarray(weight, dtype=np.float32)
         self.bias = np.asarray(bias, dtype=np.float32)
@@ -154,6 +177,7 @@ class CacheWriter:
             head.create_dataset("weight", data=self.weight)
             head.create_dataset("bias", data=self.bias)
             self.file.create_group(schema.SPLITS, track_order=True)
+            faultpoint("writer.opened")
         except BaseException:
             self._abort()
             raise
@@ -202,12 +226,15 @@ class CacheWriter:
                 g[f"{schema.ODIN}/{key}"].attrs["epsilon"] = e
         writer = SplitWriter(g, n)
         self.splits.append(writer)
+        faultpoint("writer.split")
         return writer
 
     def _abort(self) -> None:
         if self.file is not None:
             try:
                 self.file.close()
+            except Exception as err:  # noqa: BLE001 - e.g. a full disk; the file goes anyway
+                log.warning("closing %s after a failure: %s", self.tmp, err)
             finally:
                 self.file = None
         self.tmp.unlink(missing_ok=True)
@@ -228,9 +255,12 @@ class CacheWriter:
                 split.close()
             self.file.attrs[schema.COMPLETE] = True
             self.file.flush()
+            faultpoint("writer.closing")
             self.file.close()
             self.file = None
+            faultpoint("writer.renaming")
             os.replace(self.tmp, self.path)
+            faultpoint("writer.renamed")
             log.info("wrote %s", self.path)
         except BaseException:
             self._abort()

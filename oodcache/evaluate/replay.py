@@ -6,6 +6,7 @@ This is the only code that reads test splits, and it runs after search.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,13 +24,36 @@ from oodcache.search.study import load_inputs
 log = logging.getLogger(__name__)
 
 
-def load_best(cache_path: Path, method: str) -> dict[str, Any]:
+def load_best(cache_path: Path, method: str, *, verify: bool = False) -> dict[str, Any]:
+    """The record of ``best/<method>.json``, validated; with ``verify``, it must have been tuned
+    on this very cache (same fingerprint), so re-extracted caches never get stale parameters."""
     path = best_dir(cache_path) / f"{method}.json"
     if not path.is_file():
         raise FileNotFoundError(
             f"no tuned parameters at {path}; run `oodcache search --method {method}`"
         )
-    return dict(json.loads(path.read_text()))
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); rerun `oodcache search --method {method}`"
+        ) from None
+    if not isinstance(record, dict) or not isinstance(record.get("params"), dict):
+        raise ValueError(
+            f"{path}: expected a JSON object with a 'params' object; rerun "
+            f"`oodcache search --method {method}`"
+        )
+    if record.get("method", method) != method:
+        raise ValueError(f"{path} holds parameters of {record['method']!r}, not {method!r}")
+    if verify and "cache_fingerprint" in record:
+        with Cache(cache_path) as cache:
+            fingerprint = cache.fingerprint()
+        if record["cache_fingerprint"] != fingerprint:
+            raise ValueError(
+                f"{path} was tuned on another cache (fingerprint {record['cache_fingerprint']}, "
+                f"this cache {fingerprint}); rerun `oodcache search --method {method}`"
+            )
+    return dict(record)
 
 
 def searched_methods(cache_path: Path) -> list[str]:
@@ -41,6 +65,12 @@ def fitted(cache_path: Path, method: str, params: dict[str, Any] | None) -> Scor
     cls = get_scorer(method)
     with Cache(cache_path, allowed_roles=SEARCH_ROLES) as cache:
         inputs = load_inputs(cache, cls)
+        if params is not None:
+            fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+            if unknown := sorted(set(params) - fields):
+                raise ValueError(
+                    f"{method}: unknown parameters {unknown}; {method} takes {sorted(fields)}"
+                )
         scorer = cls(**params) if params is not None else cls.official(inputs.info)
         return scorer.fit(inputs.stats)
 

@@ -16,7 +16,7 @@ Every split's ``source`` in the benchmark YAML is one of:
   ``holdout`` are disjoint from both. Each generated subset is written as an image list to the
   run's ``splits/`` folder (``<split>.txt``), and an existing list that differs is an error.
 
-A malformed line, a path leaving its root, a missing file or an undecodable image raises
+A malformed line, a duplicate path, a path leaving its root, a missing file or an undecodable image raises
 ``ImageListError`` naming the file and line. With ``skip_bad`` (benchmark option or ``extract``
 argument) missing and undecodable images are skipped instead and recorded in
 ``splits/<split>.skipped.txt``; malformed lines and escaping paths always raise.
@@ -111,6 +111,7 @@ def _label(extra: str, origin: str) -> int | None:
 def read_list(list_file: Path, *, is_id: bool, num_classes: int) -> list[Item]:
     """Parse an OpenOOD image list (``path label`` per line; blank and ``#`` lines skipped)."""
     items: list[Item] = []
+    seen: dict[str, str] = {}
     with list_file.open(encoding="utf-8") as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = raw.rstrip("\r\n")
@@ -128,7 +129,14 @@ def read_list(list_file: Path, *, is_id: bool, num_classes: int) -> list[Item]:
                         f"{origin}: label {parsed} outside 0..{num_classes - 1} for an ID split"
                     )
                 label = parsed
-            items.append(Item(safe_relative(path, origin), label, origin))
+            rel = safe_relative(path, origin)
+            if rel in seen:
+                raise ImageListError(
+                    f"{origin}: duplicate image path {rel!r} (already listed at {seen[rel]}); "
+                    "an image counted twice would weigh twice in every statistic"
+                )
+            seen[rel] = origin
+            items.append(Item(rel, label, origin))
     return items
 
 

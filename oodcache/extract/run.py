@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from oodcache.cache import CacheWriter, shards
 from oodcache.cache.schema import FEATURES_ONLY_ROLES, FORMAT_VERSION, ID_ROLES
+from oodcache.cache.writer import CacheLock, lock_path
 from oodcache.config import (
     ArchConfig,
     BenchmarkConfig,
@@ -34,7 +35,7 @@ from oodcache.config import (
     load_benchmark,
     splits_dir,
 )
-from oodcache.extract import distributed
+from oodcache.extract import distributed, preflight
 from oodcache.extract.data import IMAGE_LOADERS, SplitSource, load_splits
 from oodcache.extract.imagelists import missing_data
 from oodcache.extract.models import (
@@ -48,6 +49,7 @@ from oodcache.extract.models import (
 from oodcache.extract.recorder import LayerRecorder, forward_only, odin_logits, record_batch
 from oodcache.extract.train import train_digits_model
 from oodcache.extract.transforms import Preprocess, build_preprocess
+from oodcache.faultpoints import faultpoint
 
 log = logging.getLogger(__name__)
 
@@ -191,23 +193,32 @@ def extract(
     if autocast not in AUTOCAST:
         raise ValueError(f"unknown autocast {autocast!r}; choose from {list(AUTOCAST)}")
     dev = distributed.resolve_device(device, distributed.from_env())
+    out = Path(out)
+    lock = CacheLock(lock_path(out))  # held by rank 0 for the whole run: one writer per cache
     with distributed.session(dev) as ranks:
-        return _extract(
-            arch,
-            benchmark,
-            Path(out),
-            ranks=ranks,
-            dev=dev,
-            weights=weights,
-            data=data,
-            batch_size=batch_size,
-            odin_grid=odin_grid,
-            progress=progress,
-            workers=workers,
-            skip_bad=skip_bad,
-            autocast=autocast,
-            keep_shards=keep_shards,
-        )
+        if ranks.is_main:  # writable folder, no live writer: before any work
+            preflight.check_output(out)
+            lock.acquire()
+        try:
+            return _extract(
+                arch,
+                benchmark,
+                Path(out),
+                ranks=ranks,
+                dev=dev,
+                weights=weights,
+                data=data,
+                batch_size=batch_size,
+                odin_grid=odin_grid,
+                progress=progress,
+                workers=workers,
+                skip_bad=skip_bad,
+                autocast=autocast,
+                keep_shards=keep_shards,
+            )
+        finally:
+            if ranks.is_main:
+                lock.release()
 
 
 def _extract(
@@ -262,6 +273,13 @@ def _extract(
         odin_grid = [(float(t), float(e)) for t in temps for e in epsilons]
     reductions = {alias: spec.reduction for alias, spec in arch_cfg.layers.items()}
     modules = {alias: spec.module for alias, spec in arch_cfg.layers.items()}
+    if ranks.is_main:  # the shards, then their merged copy: room for both, less shards on disk
+        planned = preflight.planned_bytes(model, arch_cfg, bench_cfg, splits, odin_grid)
+        on_disk = sum(f.stat().st_size for f in shards.shard_dir(out).glob("*.h5"))
+        preflight.check_space(out, max(0, 2 * planned - on_disk))
+    preflight.check_space(
+        out, preflight.planned_bytes(model, arch_cfg, bench_cfg, splits, odin_grid)
+    )
     attrs = {
         "arch": arch_cfg.name,
         "benchmark": bench_cfg.name,
@@ -460,7 +478,9 @@ def _extract_shard(
                 else:
                     (logits, feats), acts, grads = forward_only(job.model, x, rec), {}, {}
                 odin = odin_logits(job.model, x, odin_grid, images.pixel_std) if odin_grid else {}
-            checks = [("logits", logits), ("features", feats), *acts.items(), *grads.items()]
+            checks = [("logits", logits), ("features", feats)]
+            checks += [(f"layer {a} activation", t) for a, t in acts.items()]
+            checks += [(f"layer {a} gradient", t) for a, t in grads.items()]
             for label, t in checks + [(f"odin {k}", v) for k, v in odin.items()]:
                 if not torch.isfinite(t).all():
                     rows = f"rows {i}..{i + len(x) - 1}"
@@ -485,6 +505,7 @@ def _extract_shard(
             )
             bar.update(len(x))
             i += len(x)
+            faultpoint("extract.batch")
         assert sw is not None
         sw.group.attrs["seconds"] = time.perf_counter() - begin
         acc = ""

@@ -21,7 +21,9 @@ import optuna
 from oodcache.cache import SEARCH_ROLES, Cache, Split
 from oodcache.config import best_dir, studies_dir
 from oodcache.evaluate.metrics import auroc, fpr_at_95
+from oodcache.faultpoints import faultpoint
 from oodcache.search.base import CacheInfo, Scorer, Stats, get_scorer
+from oodcache.search.recovery import WORKER_ATTR, recover_stale_trials, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +145,10 @@ class Objective:
         self.cls, self.inputs, self.metrics = cls, inputs, [m for m, _ in OBJECTIVES[objective]]
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        trial.set_user_attr(WORKER_ATTR, worker_id())  # a dead worker's trial is failed on resume
         params = self.cls.space(trial, self.inputs.info)
         params.update(_enqueued_constants(trial, self.cls, params))
+        faultpoint("search.trial")
         metrics = evaluate_params(self.cls, params, self.inputs)
         trial.set_user_attr("params", json.dumps(params))
         for k, v in metrics.items():
@@ -227,6 +231,7 @@ def open_study(
             f"this cache {fingerprint}, made from {study.user_attrs.get('cache')}); use another "
             "--storage or delete the study"
         )
+    recover_stale_trials(study)
     return study
 
 

@@ -8,15 +8,9 @@ OODCACHE_NO_POSTGRES=1 is set explicitly.
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -25,59 +19,6 @@ import pytest
 from oodcache.cache import SEARCH_ROLES, Cache
 from oodcache.search.base import get_scorer
 from oodcache.search.study import Objective, load_inputs, study_name
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    if not bins:
-        if os.environ.get("OODCACHE_NO_POSTGRES") == "1":
-            pytest.skip("OODCACHE_NO_POSTGRES=1: PostgreSQL test skipped on request")
-        pytest.fail("PostgreSQL server not found: `apt-get install postgresql` (.ci/run does)")
-    bindir = Path(bins[-1]).parent
-    root = os.geteuid() == 0
-    data = Path(tempfile.mkdtemp(prefix="oodcache-pg-", dir="/tmp"))
-    prefix = ["runuser", "-u", "postgres", "--"] if root else []
-    if root:
-        shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
-
-    def pg(*args: str) -> None:
-        subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=120)
-
-    pg(
-        str(bindir / "initdb"),
-        "-D",
-        str(data / "db"),
-        "-A",
-        "trust",
-        "-U",
-        "postgres",
-        "--no-sync",
-    )
-    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
-    pg(
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(data / "db"),
-        "-o",
-        opts,
-        "-l",
-        str(data / "log"),
-        "-w",
-        "start",
-    )
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        pg(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop")
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def _search(cache: Path, url: str, trials: int, seed: int) -> subprocess.Popen[bytes]:
