@@ -179,7 +179,8 @@ def ash_shape(
     P: keep the k largest entries, zero the rest. B: s1/k on kept positions (s1 = Σ_j h_j).
     S: kept entries times exp(s1/s2), s2 = Σ of the kept entries (exp(0) where s2 = 0, which
     with non-negative h means the row is all zero; the official code gives NaN there).
-    P keeps h's dtype (so pruning nothing returns h exactly); B and S are float64.
+    Every variant keeps h's dtype, the network's float32 as in the official code (so P pruning
+    nothing returns h exactly, and the head runs in float32); s1 and s2 are summed in float64.
     """
     if variant not in ("P", "B", "S"):
         raise ValueError(f"unknown ASH variant {variant!r}; choose from 'P', 'B', 'S'")
@@ -190,10 +191,10 @@ def ash_shape(
         return kept
     s1 = np.asarray(h, np.float64).sum(axis=1, keepdims=True)
     if variant == "B":
-        return np.where(mask, s1 / k, 0.0)
+        return np.where(mask, (s1 / k).astype(h.dtype), np.zeros((), h.dtype))
     s2 = kept.sum(axis=1, keepdims=True, dtype=np.float64)
     ratio = np.divide(s1, s2, out=np.zeros_like(s1), where=s2 != 0)
-    return np.asarray(kept * np.exp(ratio))
+    return np.asarray(kept * np.exp(ratio).astype(h.dtype))
 
 
 def dice_contribution(weight: np.ndarray, mean: np.ndarray) -> np.ndarray:
