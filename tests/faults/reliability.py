@@ -47,7 +47,8 @@ How the faults are made:
   RUNNING trials of dead local workers FAIL and queues the official defaults again if they were
   the killed trial (`oodcache/search/recovery.py`). Resume with `--until N`.
 - **Disk**: `oodcache/extract/preflight.py` refuses an unwritable folder, a live lock and too little
-  free space (expected size = rows × bytes per row of every planned array) before the network
+  free space (twice the expected size, rows × bytes per row of every planned array: the shards,
+  then their merged copy; less the shards already done) before the network
   runs; a disk that fills anyway fails cleanly. Read-only and tiny filesystems are real tmpfs
   mounts (skipped without root).
 
@@ -56,7 +57,8 @@ Known limits (by design or not yet done):
 - A search worker killed between Optuna creating a trial and the objective's first line leaves a
   RUNNING trial without a worker record; it is never failed automatically, but `--until N` still
   reaches N complete trials. RUNNING trials of workers on another host are left alone.
-- A rerun of a killed extraction starts again from the beginning (no per-shard resume yet).
+- A rerun of a killed extraction redoes the split shard that was being written (finished shards
+  are kept and skipped); a shard is the unit of resume.
 - The image-list path check is lexical: symlinks inside the data root are followed on purpose.
 - A disk that fills up mid-write is reported with HDF5's own message ("No space left on device").
 """
