@@ -76,3 +76,9 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "oodcache", "-q", *args]
+
+
+def tiny_extract_cli(bench: Path, weights: Path, out: Path) -> list[str]:
+    """``oodcache extract`` of the tiny benchmark (digits_resnet, TINY_BATCH) into ``out``."""
+    args = cli("extract", "--arch", "digits_resnet", "--benchmark", str(bench), "--out", str(out))
+    return [*args, "--weights", str(weights), "--batch-size", str(TINY_BATCH)]

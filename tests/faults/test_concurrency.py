@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import optuna
 import pytest
-from faultkit import TINY_BATCH, TinyExtract, cli, cli_env, digest
+from faultkit import TinyExtract, cli, cli_env, digest, tiny_extract_cli
 from optuna.trial import TrialState
 
 from oodcache.cache import Cache
@@ -48,8 +48,7 @@ def test_second_extract_on_the_same_output_is_refused(
     data_lost: Callable[[str], NoReturn],
 ) -> None:
     out = tmp_path / "cache.h5"
-    args = cli("extract", "--arch", "digits_resnet", "--benchmark", str(tiny_bench))
-    args += ["--out", str(out), "--weights", str(tiny_weights), "--batch-size", str(TINY_BATCH)]
+    args = tiny_extract_cli(tiny_bench, tiny_weights, out)
     env = cli_env(OODCACHE_FAULT="extract.batch#6@stop")  # first writer freezes mid-split
     first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 import optuna
 import pytest
-from faultkit import TINY_BATCH, TinyExtract, cli, cli_env, digest
+from faultkit import TinyExtract, cli, cli_env, digest, tiny_extract_cli
 
 case = pytest.mark.case
 
@@ -28,8 +28,7 @@ def test_same_config_gives_a_bit_identical_cache(
 ) -> None:
     again = tiny_extract(tmp_path / "again" / "cache.h5")
     out = tmp_path / "cli" / "cache.h5"
-    args = cli("extract", "--arch", "digits_resnet", "--benchmark", str(tiny_bench))
-    args += ["--out", str(out), "--weights", str(tiny_weights), "--batch-size", str(TINY_BATCH)]
+    args = tiny_extract_cli(tiny_bench, tiny_weights, out)
     done = subprocess.run(args, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     reference = digest(tiny_reference)

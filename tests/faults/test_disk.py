@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from faultkit import TINY_BATCH, TinyExtract, cli, cli_env, digest
+from faultkit import TinyExtract, cli, cli_env, digest, tiny_extract_cli
 
 from oodcache.cache import Cache
 from oodcache.extract import preflight
@@ -50,8 +50,7 @@ def mount(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
 def _extract_cli(
     bench: Path, weights: Path, out: Path, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    args = cli("extract", "--arch", "digits_resnet", "--benchmark", str(bench), "--out", str(out))
-    args += ["--weights", str(weights), "--batch-size", str(TINY_BATCH)]
+    args = tiny_extract_cli(bench, weights, out)
     return subprocess.run(args, env=cli_env(**env), capture_output=True, text=True, timeout=300)
 
 

@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from faultkit import TINY_BATCH, TINY_BATCHES, TINY_SPLITS, TinyExtract, cli, cli_env, digest
+from faultkit import (
+    TINY_BATCH,
+    TINY_BATCHES,
+    TINY_SPLITS,
+    TinyExtract,
+    cli_env,
+    digest,
+    tiny_extract_cli,
+)
 
 from oodcache.cache import Cache
 from oodcache.extract.run import extract
@@ -120,8 +128,7 @@ def test_cli_extract_killed_mid_split_then_rerun(
     data_lost: Callable[[str], NoReturn],
 ) -> None:
     out = tmp_path / "cache.h5"
-    args = cli("extract", "--arch", "digits_resnet", "--benchmark", str(tiny_bench))
-    args += ["--out", str(out), "--weights", str(tiny_weights), "--batch-size", str(TINY_BATCH)]
+    args = tiny_extract_cli(tiny_bench, tiny_weights, out)
     killed = subprocess.run(args, env=cli_env(OODCACHE_FAULT="extract.batch#7"), timeout=300)
     assert killed.returncode == -signal.SIGKILL
     assert not out.exists()
