@@ -32,7 +32,11 @@ RUNNER := $(if $(NPROC),$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -
 EXTRACT = $(RUNNER) extract --arch $(ARCH) --benchmark $(BENCH) $(if $(DATA),--data $(DATA)) $(EXTRACT_ARGS)
 METHODS := $(sort $(filter-out __init__,$(basename $(notdir $(wildcard oodcache/search/methods/*.py)))))
 SEARCHED := $(if $(filter all,$(METHOD)),$(METHODS),$(METHOD))
-BEST := $(foreach m,$(SEARCHED),$(OUT)/best/$(m).json)
+# run folders (each holds cache.h5, studies/, best/, scores/, report/): one, or one per checkpoint
+RUNS := $(patsubst %/cache.h5,%,$(CACHES))
+BEST := $(foreach r,$(RUNS),$(foreach m,$(SEARCHED),$(r)/best/$(m).json))
+# several checkpoints: each run's report plus the mean ± std over them (OpenOOD's s0/s1/s2 protocol)
+REPORT := $(if $(word 2,$(RUNS)),$(OUT)/report_mean/report.md,$(OUT)/report/report.md)
 
 help: ## list the targets and variables
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 10
@@ -75,16 +79,20 @@ $(foreach i,$(shell seq $(words $(WEIGHTS))),\
 	$(eval $(call CHECKPOINT_RULE,$(word $(i),$(CKPTS)),$(word $(i),$(WEIGHTS)))))
 endif
 
-search: $(BEST) ## tune METHOD (default: all) from the cache with Optuna; reruns add trials
-$(OUT)/best/%.json: oodcache/search/methods/%.py $(CACHE) | $(STAMP)
-	$(OODCACHE) search --cache $(CACHE) --method $* --trials $(TRIALS) --seed $(SEED)
+search: $(BEST) ## tune METHOD (default: all) from the cache(s) with Optuna; reruns add trials
+define SEARCH_RULE
+$(1)/best/%.json: oodcache/search/methods/%.py $(1)/cache.h5 | $$(STAMP)
+	$$(OODCACHE) search --cache $(1)/cache.h5 --method $$* --trials $$(TRIALS) --seed $$(SEED)
+endef
+$(foreach r,$(RUNS),$(eval $(call SEARCH_RULE,$(r))))
 
 score: $(BEST) ## replay the best parameters on every split and write score files
-	$(OODCACHE) score --cache $(CACHE) --best-all
+	$(foreach r,$(RUNS),$(OODCACHE) score --cache $(r)/cache.h5 --best-all &&) true
 
-report: $(OUT)/report/report.md ## metrics table (Markdown, CSV) of every searched method
-$(OUT)/report/report.md: $(BEST) | $(STAMP)
-	$(OODCACHE) report --cache $(CACHE)
+report: $(REPORT) ## metrics table (Markdown, HTML, CSV) of every searched method; mean ± std over checkpoints
+$(REPORT): $(BEST) | $(STAMP)
+	$(OODCACHE) report $(foreach r,$(RUNS),--cache $(r)/cache.h5) \
+		$(if $(word 2,$(RUNS)),--out $(dir $(REPORT)))
 
 bench: $(STAMP) ## performance figures: stage wall times, NAC trials/s, extraction images/s
 	$(BIN)/python benchmarks/bench_pipeline.py
