@@ -69,9 +69,11 @@ class CacheLock:
                 except (OSError, ValueError):
                     pid = 0
                 if pid and pid_alive(pid) and pid != os.getpid():
+                    target = self.path.with_suffix("")
                     raise CacheLockedError(
-                        f"{self.path} is held by running process {pid}; wait for it to finish "
-                        f"or stop it (a stale lock from a dead process is removed automatically)"
+                        f"{target} is being written by running process {pid} (lock {self.path}); "
+                        "wait for it to finish or stop it; nothing was done (a stale lock from a "
+                        "dead process is removed automatically)"
                     ) from None
                 log.warning("removing stale lock %s (process %s is gone)", self.path, pid)
                 self.path.unlink(missing_ok=True)

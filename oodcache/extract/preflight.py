@@ -1,12 +1,13 @@
 """Checks made before an extraction spends any time on the network.
 
 ``check_output`` runs first: the output folder must be creatable and writable (a real probe file,
-so a read-only mount is caught even for root) and no live process may hold the cache's lock.
-``check_space`` runs once the splits are known: the free space of the output folder must cover
-the expected size (rows × bytes per row of every planned array, plus HDF5 overhead) twice, less the
-shards already on disk: the shards are written first, then merged into a temporary file beside the
-old cache before it replaces it. A failure that cannot
-be foreseen (the disk fills up anyway) is handled by the writer: the temporary file is removed.
+so a read-only mount is caught even for root); ``extract`` then takes the cache's lock, which
+refuses a second run while a live process writes the same cache. ``check_space`` runs once the
+splits are known: the free space of the output folder must cover the expected size (rows × bytes
+per row of every planned array, plus HDF5 overhead) twice, less the shards already on disk: the
+shards are written first, then merged into a temporary file beside the old cache before it
+replaces it. A failure that cannot be foreseen (the disk fills up anyway) is handled by the
+writer: the temporary file is removed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import torch
 from torch import nn
 
 from oodcache.cache.schema import FEATURES_ONLY_ROLES
-from oodcache.cache.writer import CacheLockedError, lock_path, pid_alive
 from oodcache.config import ArchConfig, BenchmarkConfig
 from oodcache.extract.data import SplitSource
 from oodcache.extract.recorder import LayerRecorder, pool
@@ -41,7 +41,8 @@ class PreflightError(OSError):
 
 
 def check_output(out: Path) -> None:
-    """Refuse an output folder that cannot be written, or a cache another live process writes."""
+    """Refuse an output folder that cannot be written (the cache's lock, taken next by
+    ``extract``, refuses a cache another live process writes)."""
     folder = out.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -54,16 +55,6 @@ def check_output(out: Path) -> None:
             f"cannot write the cache to {folder}: {err.strerror or err} "
             "(a read-only or full filesystem, or missing permissions? choose another --out)",
         ) from None
-    lock = lock_path(out)
-    try:
-        pid = int(lock.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return
-    if pid and pid != os.getpid() and pid_alive(pid):
-        raise CacheLockedError(
-            f"{out} is being written by running process {pid} (lock {lock}); wait for it to "
-            "finish or stop it; nothing was done"
-        )
 
 
 def expected_bytes(

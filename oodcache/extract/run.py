@@ -203,7 +203,7 @@ def extract(
             return _extract(
                 arch,
                 benchmark,
-                Path(out),
+                out,
                 ranks=ranks,
                 dev=dev,
                 weights=weights,
