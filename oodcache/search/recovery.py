@@ -21,6 +21,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from oodcache.cache.writer import pid_alive
+
 log = logging.getLogger(__name__)
 
 WORKER_ATTR = "worker"
@@ -50,12 +52,8 @@ def worker_alive(worker: str) -> bool | None:
     if host != socket.gethostname() or not pid_text.isdigit():
         return None
     pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        pass
     return _start_ticks(pid) == start if start else True
 
 
