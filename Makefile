@@ -11,7 +11,9 @@ OODCACHE := $(BIN)/oodcache
 STAMP := $(VENV)/.installed
 
 ARCH ?= digits_resnet
-BENCH ?= digits
+# BENCH defaults to the arch's natural benchmark (`benchmark:` in its YAML): resnet50 -> imagenet
+ARCH_YAML := $(firstword $(wildcard oodcache/configs/archs/$(ARCH).yaml) $(filter %.yaml %.yml,$(ARCH)))
+BENCH ?= $(or $(shell sed -n 's/^benchmark: *\([A-Za-z0-9_.-]*\).*/\1/p' $(ARCH_YAML) 2>/dev/null),digits)
 DATA ?=
 WEIGHTS ?=
 NPROC ?=
@@ -32,6 +34,12 @@ RUNNER := $(if $(NPROC),$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -
 EXTRACT = $(RUNNER) extract --arch $(ARCH) --benchmark $(BENCH) $(if $(DATA),--data $(DATA)) $(EXTRACT_ARGS)
 METHODS := $(sort $(filter-out __init__,$(basename $(notdir $(wildcard oodcache/search/methods/*.py)))))
 SEARCHED := $(if $(filter all,$(METHOD)),$(METHODS),$(METHOD))
+$(if $(filter-out $(METHODS),$(SEARCHED)),$(error unknown METHOD $(filter-out $(METHODS),$(SEARCHED)); known: all $(METHODS)))
+# a study is out of date when its method's file, a method file it builds on (react_dice -> dice)
+# or the shared search code (base, ops, coverage, study) changes
+SEARCH_CODE := $(wildcard oodcache/search/*.py)
+method_files = oodcache/search/methods/$(1).py $(patsubst %,oodcache/search/methods/%.py,\
+	$(shell sed -n 's/^from oodcache\.search\.methods\.\([a-z0-9_]*\) import.*/\1/p' oodcache/search/methods/$(1).py))
 # run folders (each holds cache.h5, studies/, best/, scores/, report/): one, or one per checkpoint
 RUNS := $(patsubst %/cache.h5,%,$(CACHES))
 BEST := $(foreach r,$(RUNS),$(foreach m,$(SEARCHED),$(r)/best/$(m).json))
@@ -60,7 +68,8 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix oodcache tests benchmarks
 	$(BIN)/ruff format oodcache tests benchmarks
 
-test: $(STAMP) ## run the test suite on CPU
+test: $(STAMP) ## run the test suite on CPU (installs PostgreSQL and Chromium for their tests when root)
+	@bash tests/install_services.sh
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP) ## whole pipeline on the embedded digits benchmark: train, extract, search all, report
@@ -81,10 +90,10 @@ endif
 
 search: $(BEST) ## tune METHOD (default: all) from the cache(s) with Optuna; reruns add trials
 define SEARCH_RULE
-$(1)/best/%.json: oodcache/search/methods/%.py $(1)/cache.h5 | $$(STAMP)
-	$$(OODCACHE) search --cache $(1)/cache.h5 --method $$* --trials $$(TRIALS) --seed $$(SEED)
+$(1)/best/$(2).json: $(call method_files,$(2)) $(SEARCH_CODE) $(1)/cache.h5 | $$(STAMP)
+	$$(OODCACHE) search --cache $(1)/cache.h5 --method $(2) --trials $$(TRIALS) --seed $$(SEED)
 endef
-$(foreach r,$(RUNS),$(eval $(call SEARCH_RULE,$(r))))
+$(foreach r,$(RUNS),$(foreach m,$(SEARCHED),$(eval $(call SEARCH_RULE,$(r),$(m)))))
 
 score: $(BEST) ## replay the best parameters on every split and write score files
 	$(foreach r,$(RUNS),$(OODCACHE) score --cache $(r)/cache.h5 --best-all &&) true

@@ -4,7 +4,7 @@ A synthetic cache is written with the real ``CacheWriter`` into a temporary fold
 1,000 classes, 2048-d features, NAC's layers avgpool/layer3/layer2/layer1 (2048/1024/512/256
 channels); fit 1,000 (one image per class, as NAC's ImageNet build set), sanity 1,000, ID val
 10,000, OOD val 2,000, a features-only ``train`` split of 20,000 and the OpenOOD ODIN grid. Sizes
-are assumptions, not OpenOOD's lists: the reference does not give the ImageNet ID-val or the
+are assumptions, not OpenOOD's lists: docs/methods.md does not give the ImageNet ID-val or the
 OpenImage-O val size; time per trial grows about linearly with them (see the flags). Values are
 float32 and realistic in range: post-ReLU activations >= 0 (some exact zeros), class-structured
 features, logits = features @ Wᵀ + b, avgpool gradients = Wᵀ(softmax − 1/K) exactly, deeper

@@ -134,13 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     import oodcache.search.study as study
     from oodcache import cli
     from oodcache.cache import Cache
-    from oodcache.config import REPO_ROOT, cache_path
+    from oodcache.config import cache_path
     from oodcache.search.base import scorers
 
     print(f"bench_pipeline: `oodcache demo --trials {args.trials}` stage by stage")
     for line in environment(torch):
         print("  " + line)
-    guarded = {Path("cache").resolve(), (REPO_ROOT / "cache").resolve()}
+    guarded = {Path("cache").resolve(), (Path(__file__).resolve().parents[1] / "cache").resolve()}
     before = {g: snapshot(g) for g in guarded}
 
     timers = Timers()

@@ -100,14 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--benchmark",
-        default="digits",
-        help=f"benchmark config (available: {available('benchmarks')})",
+        default=None,
+        help=f"benchmark config or YAML path (default: the arch's natural benchmark, see "
+        f"`oodcache archs`; available: {available('benchmarks')})",
     )
     p.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="cache file (default: cache/<benchmark>/<arch>/cache.h5)",
+        help=f"cache file (default: {CACHE_ROOT}/<benchmark>/<arch>/cache.h5, relative to the "
+        "current folder)",
     )
     p.add_argument(
         "--weights",
@@ -251,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="folder of the mean ± std report of several checkpoints "
-        "(default: report_<arch>_mean beside the run folders)",
+        "(default: report_mean/ in the folder that holds the run folders)",
     )
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded digits benchmark")
@@ -278,8 +280,16 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from oodcache.extract import distributed
+    from oodcache.extract.models import resolve_arch
     from oodcache.extract.run import extract
 
+    if args.benchmark is None:
+        args.benchmark = resolve_arch(args.arch).benchmark
+        if args.benchmark is None:
+            raise ConfigError(
+                f"arch {args.arch} names no natural benchmark: pass --benchmark "
+                f"(available: {available('benchmarks')})"
+            )
     out = args.out or cache_path(args.benchmark, args.arch)
     weights: list[Path | None] = list(args.weights or [None])
     outs = checkpoint_caches(out, [w for w in weights if w is not None])
@@ -413,8 +423,8 @@ def cmd_archs(args: argparse.Namespace) -> int:
     for name in available("archs"):
         a = load_arch(name)
         print(
-            f"{name:<16} builder {a.builder}, {a.num_classes or 'K of the benchmark'} classes, "
-            f"input {a.input_size}px, "
+            f"{name:<16} benchmark {a.benchmark or '-':<12} builder {a.builder}, "
+            f"{a.num_classes or 'K of the benchmark'} classes, input {a.input_size}px, "
             f"head {a.head}, layers {list(a.layers)}"
         )
     return 0
@@ -499,25 +509,47 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _report(
+    caches: list[Path], *, fpr: str, out: Path | None, n_boot: int, seed: int, figures: bool
+) -> Path:
     from oodcache.evaluate.replay import load_best, searched_methods, write_scores
     from oodcache.evaluate.report import build_checkpoint_report
 
-    caches = args.cache if isinstance(args.cache, list) else [args.cache]
-    caches = [c or cache_path("digits", "digits_resnet") for c in caches]
     for cache in caches:
         for method in searched_methods(cache):
             write_scores(cache, method, load_best(cache, method, verify=True)["params"])
-    md, out = build_checkpoint_report(
-        caches,
-        fpr_convention=args.fpr,
-        out_dir=getattr(args, "out", None),
-        n_boot=getattr(args, "bootstrap", 1000),
-        seed=getattr(args, "seed", 0),
-        figures=not getattr(args, "no_figures", False),
+    _, folder = build_checkpoint_report(
+        caches, fpr_convention=fpr, out_dir=out, n_boot=n_boot, seed=seed, figures=figures
     )
-    print(md)
-    print(f"\nreport written: {out / 'report.html'}, {out / 'report.md'}, {out / 'results.csv'}")
+    return folder
+
+
+def _print_summary(folder: Path) -> None:
+    """The report's summary table (methods × near/far AUROC and FPR@95, ID accuracy, sanity and
+    validation AUROC) and where the full report is; the rest stays in the files."""
+    import pandas as pd
+
+    summary = pd.read_csv(folder / "summary.csv", index_col=0, keep_default_na=False)
+    print(
+        f"\nsummary ({folder.parent.parent.name}/{folder.parent.name}, percent; best far "
+        "AUROC first; near/far = means over the test sets of each group):"
+    )
+    print(summary.to_string(float_format=lambda v: f"{v:.2f}"))
+    print(f"\nfull report: {folder / 'report.html'} (figures, every table)")
+    print(f"             {folder / 'report.md'}, {folder / 'results.csv'}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    caches = args.cache or [cache_path("digits", "digits_resnet")]
+    folder = _report(
+        caches,
+        fpr=args.fpr,
+        out=args.out,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        figures=not args.no_figures,
+    )
+    _print_summary(folder)
     return 0
 
 
@@ -530,12 +562,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         Cache(cache).close()
-        print(f"[1/3] reusing cache {cache} (delete it to re-extract)")
+        print(f"[1/3] extract: reusing cache {cache} (delete it to re-extract)")
     except CacheError:
-        print("[1/3] extract: train the digits model if needed, then cache every split")
+        print(
+            f"[1/3] extract: train the digits model if needed, then cache every split in {cache}"
+        )
         extract("digits_resnet", "digits", cache, progress=not args.quiet)
     t1 = time.perf_counter()
-    print(f"[2/3] search: {len(scorers())} methods, up to {args.trials} trials each")
+    methods = sorted(scorers())
+    print(
+        f"[2/3] search: {len(methods)} methods, up to {args.trials} trials each "
+        "(ID val vs OOD val AUROC; the official defaults are trial 0)"
+    )
     ns = argparse.Namespace(
         trials=args.trials,
         until=args.trials,
@@ -544,12 +582,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sampler="tpe",
         quiet=True,
     )
-    _search_all(cache, sorted(scorers()), ns, None)
+    _search_all(cache, methods, ns, None)
     t2 = time.perf_counter()
-    print("[3/3] report")
-    cmd_report(argparse.Namespace(cache=cache, fpr="classic"))
+    print("[3/3] report: replay the best parameters on the test splits")
+    folder = _report([cache], fpr="classic", out=None, n_boot=1000, seed=0, figures=True)
     t3 = time.perf_counter()
-    print(f"demo stages: extract {t1 - t0:.1f}s, search {t2 - t1:.1f}s, report {t3 - t2:.1f}s")
+    _print_summary(folder)
+    print(f"\ndemo stages: extract {t1 - t0:.1f}s, search {t2 - t1:.1f}s, report {t3 - t2:.1f}s")
     return 0
 
 

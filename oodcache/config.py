@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
+#: The built-in configs (``archs/``, ``benchmarks/``, ``published/``), shipped inside the package
+#: and read through importlib.resources, so a plain ``pip install`` has them too.
+CONFIG_DIR: Traversable = files("oodcache") / "configs"
+#: Default output root, relative to the working directory: ``cache/<benchmark>/<arch>/``.
 CACHE_ROOT = Path("cache")
 
 
@@ -109,6 +113,8 @@ class ArchConfig:
     ``weights`` names the default weights file: ``{torchvision: <Enum.MEMBER>}``, ``{timm: true}``
     (Hugging Face cache of ``options.model``), ``{openood: {<benchmark>: <run>/s0/best.ckpt}}`` or
     ``{file: <name>}`` (both under the torch hub checkpoints folder); ``--weights PATH`` overrides.
+    ``benchmark`` is the arch's natural benchmark, the default of ``extract --benchmark`` and of
+    the Makefile's ``BENCH`` (``resnet50`` -> ``imagenet``).
     """
 
     name: str
@@ -117,6 +123,7 @@ class ArchConfig:
     layers: dict[str, LayerSpec]
     num_classes: int | None
     input_size: int
+    benchmark: str | None = None
     in_channels: int = 3
     preprocess: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)
@@ -140,7 +147,7 @@ class BenchmarkConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
+def _load_yaml(path: Path | Traversable) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     with path.open() as fh:
@@ -153,7 +160,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _build(cls: type, data: dict[str, Any], path: Path) -> Any:
+def _build(cls: type, data: dict[str, Any], path: Path | Traversable) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - fields.keys())
     if unknown:
@@ -169,28 +176,38 @@ def _build(cls: type, data: dict[str, Any], path: Path) -> Any:
     return cls(**data)
 
 
+def builtin_configs(kind: str) -> list[Traversable]:
+    """The built-in YAML files of ``oodcache/configs/<kind>/`` (``archs``, ``benchmarks`` or
+    ``published``), sorted by name."""
+    return sorted(
+        (e for e in (CONFIG_DIR / kind).iterdir() if e.name.endswith(".yaml")),
+        key=lambda e: e.name,
+    )
+
+
 def available(kind: str) -> list[str]:
-    """Names of the YAML configs in ``configs/<kind>/`` (kind: ``archs`` or ``benchmarks``)."""
-    return sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.yaml"))
+    """Names of the built-in configs of ``kind`` (``archs`` or ``benchmarks``)."""
+    return [e.name.removesuffix(".yaml") for e in builtin_configs(kind)]
 
 
-def _config_file(kind: str, name: str) -> Path:
-    if name.endswith((".yaml", ".yml")):  # a config outside the repository, given by its path
+def _config_file(kind: str, name: str) -> Path | Traversable:
+    if name.endswith((".yaml", ".yml")):  # the user's own config, given by its path
         path = Path(name)
         if not path.is_file():
             raise ConfigError(f"{kind[:-1]} config file not found: {path}")
         return path
-    path = CONFIG_DIR / kind / f"{name}.yaml"
-    if not path.is_file():
+    entry = CONFIG_DIR / kind / f"{name}.yaml"
+    if not entry.is_file():
         raise ConfigError(
             f"unknown {kind[:-1]} {name!r}; available: {available(kind)} "
-            f"(add one as {CONFIG_DIR / kind / (name + '.yaml')})"
+            f"(or pass your own YAML file by its path, e.g. --{kind[:-1]} my_{kind[:-1]}.yaml; "
+            f"`oodcache {kind}` lists the built-in ones)"
         )
-    return path
+    return entry
 
 
 def load_arch(name: str) -> ArchConfig:
-    """An arch config by name (``configs/archs/<name>.yaml``) or by the path of a YAML file.
+    """An arch config by name (``oodcache/configs/archs/<name>.yaml``) or by the path of a YAML file.
 
     (``timm:<model>`` names are resolved by ``oodcache.extract.models.resolve_arch``.)
     """
@@ -234,7 +251,7 @@ def validate_arch(arch: ArchConfig, where: str) -> None:
 
 
 def load_benchmark(name: str) -> BenchmarkConfig:
-    """A benchmark config by name (``configs/benchmarks/<name>.yaml``) or by a YAML file's path."""
+    """A benchmark config by name (``oodcache/configs/benchmarks/<name>.yaml``) or by a YAML file's path."""
     path = _config_file("benchmarks", name)
     data = _load_yaml(path)
     splits = data.get("splits")

@@ -3,11 +3,15 @@ writer.
 
 The toy cache trains the digits model on the CPU on first use (weights.pt beside the cache) and is
 reused by the whole session; tests that write beside a cache (studies, best parameters) get a copy.
+
+The same seed gives different weights on other CPUs, so no test may depend on the exact model:
+``OODCACHE_TEST_MODEL_SEED=N make test`` trains the toy model with seed N instead of the arch's
+(0), to check that the suite holds for other models.
 """
 
 from __future__ import annotations
 
-import glob
+import dataclasses
 import os
 import shutil
 import socket
@@ -19,9 +23,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import system_services
 
 from oodcache.cache import CacheWriter
+from oodcache.config import ArchConfig, load_arch
 from oodcache.extract.run import extract
+
+#: train the toy digits model with this seed instead of the arch config's
+MODEL_SEED_ENV = "OODCACHE_TEST_MODEL_SEED"
 
 #: (role, number of samples) of every split of the synthetic cache, one split per role
 SYNTHETIC_SPLITS: dict[str, tuple[str, int]] = {
@@ -50,8 +59,22 @@ def toy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Read it, never write beside it: tests that do use ``toy_copy``."""
     out = tmp_path_factory.mktemp("toy") / "cache.h5"
-    extract("digits_resnet", "digits", out, odin_grid=TOY_ODIN_GRID, progress=False)
+    extract(toy_arch(), "digits", out, odin_grid=TOY_ODIN_GRID, progress=False)
     return out
+
+
+def toy_arch() -> ArchConfig:
+    """The digits arch, its training seed replaced by ``OODCACHE_TEST_MODEL_SEED`` when set."""
+    arch = load_arch("digits_resnet")
+    seed = os.environ.get(MODEL_SEED_ENV)
+    if seed is None:
+        return arch
+    return dataclasses.replace(arch, options={**arch.options, "seed": int(seed)})
+
+
+def pytest_report_header() -> str | None:
+    seed = os.environ.get(MODEL_SEED_ENV)
+    return f"toy digits model trained with seed {seed} ({MODEL_SEED_ENV})" if seed else None
 
 
 @pytest.fixture(scope="session")
@@ -157,13 +180,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL server on loopback for the session (tests/search/test_postgres.py,
-    tests/faults/test_concurrency.py); CI installs it, OODCACHE_NO_POSTGRES=1 skips."""
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    if not bins:
-        if os.environ.get("OODCACHE_NO_POSTGRES") == "1":
-            pytest.skip("OODCACHE_NO_POSTGRES=1: PostgreSQL test skipped on request")
-        pytest.fail("PostgreSQL server not found: `apt-get install postgresql` (.ci/run does)")
-    bindir = Path(bins[-1]).parent
+    tests/faults/test_concurrency.py). Without one installed the test is skipped, loudly
+    (``make test`` installs it where it can; CI fails instead: tests/system_services.py)."""
+    bindir = system_services.postgres_bindir()
+    if bindir is None:
+        system_services.missing(system_services.POSTGRES)
+        raise AssertionError("unreachable")  # missing() skips or fails
     root = os.geteuid() == 0
     data = Path(tempfile.mkdtemp(prefix="oodcache-pg-", dir="/tmp"))
     prefix = ["runuser", "-u", "postgres", "--"] if root else []
@@ -201,3 +223,12 @@ def postgres_url() -> Iterator[str]:
     finally:
         pg(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop")
         shutil.rmtree(data, ignore_errors=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """One line at the very end (after the counts) naming the tests skipped for a missing system
+    service and the command that enables them."""
+    line = system_services.summary_line()
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if line and reporter is not None:
+        reporter.write_line(line, yellow=True, bold=True)

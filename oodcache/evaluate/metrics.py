@@ -1,6 +1,6 @@
 """OOD metrics from ID and OOD scores (higher score = more ID), in [0, 1] (the report shows percent).
 
-Built on scikit-learn's curves; conventions follow the reference §7 (OpenOOD v1.5 at release).
+Built on scikit-learn's curves; conventions follow docs/methods.md §7 (OpenOOD v1.5 at release).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Published numbers (``configs/published/*.yaml``, transcribed from the reference §9) and their
+"""Published numbers (``oodcache/configs/published/*.yaml``, sources in docs/methods.md §9) and their
 side-by-side comparison with a report's results wherever benchmark and arch match.
 
 Each YAML file documents the schema in its header (see ``imagenet_classic_resnet50.yaml``).
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from oodcache.config import CONFIG_DIR, ConfigError
+from oodcache.config import CONFIG_DIR, ConfigError, builtin_configs
 
 PUBLISHED_DIR = CONFIG_DIR / "published"
 MEAN_COLUMNS = {"near": "near mean", "far": "far mean", "all": "all mean"}
@@ -46,12 +46,14 @@ def _check(obj: Any, allowed: set[str], where: str, required: Sequence[str] = ()
         raise ConfigError(f"{where}: missing keys {missing}")
 
 
-def load_published(directory: Path = PUBLISHED_DIR) -> pd.DataFrame:
+def load_published(directory: Path | None = None) -> pd.DataFrame:
     """Every published value as one row: file, reference, fpr_convention, benchmark, arch, setting,
     table_note, aliases (of the column), method, label, source, column, metric, value, std,
-    unverified, note. Raises ConfigError on a malformed file."""
+    unverified, note. ``directory`` defaults to the built-in ``oodcache/configs/published/``.
+    Raises ConfigError on a malformed file."""
     records: list[dict[str, Any]] = []
-    for path in sorted(directory.glob("*.yaml")):
+    paths = builtin_configs("published") if directory is None else sorted(directory.glob("*.yaml"))
+    for path in paths:
         data = yaml.safe_load(path.read_text())
         _check(data, _FILE_KEYS, str(path), ("source", "fpr_convention", "tables"))
         if data["fpr_convention"] not in CONVENTIONS:
@@ -152,7 +154,7 @@ def compare(
     mine = pub[(pub["benchmark"] == benchmark) & (pub["arch"] == arch) & pub["setting"].isna()]
     if mine.empty:
         return pd.DataFrame(), [
-            f"No published numbers to compare for {benchmark} / {arch}: `configs/published/` "
+            f"No published numbers to compare for {benchmark} / {arch}: `oodcache/configs/published/` "
             f"covers {', '.join(published_benchmarks(pub))}."
         ]
     ours = _ours(tables, splits)
@@ -211,7 +213,7 @@ def compare(
         notes.append(
             "Published columns with no matching OOD test set here: "
             + ", ".join(sorted(unmatched))
-            + " (match by split or dataset name; aliases in configs/published/)."
+            + " (match by split or dataset name; aliases in oodcache/configs/published/)."
         )
     if skipped_fpr:
         notes.append(

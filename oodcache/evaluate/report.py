@@ -144,7 +144,9 @@ def results_table(
     return pd.DataFrame(rows)
 
 
-def _summary(df: pd.DataFrame) -> pd.DataFrame:
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per method, best far (else near) AUROC first: near/far mean AUROC and FPR@95, ID
+    accuracy, sanity AUROC and validation AUROC, in percent. Written as ``summary.csv``."""
     means = df[df["ood"].str.endswith(" mean")]
     wide = means.pivot_table(
         index="method", columns="group", values=["auroc", "fpr95"], sort=False
@@ -323,7 +325,7 @@ def analyse(
     df = results_table(cache_path, methods, fpr_convention, n_boot=n_boot, seed=seed, level=level)
     studies = {m: figs.load_study_readonly(cache_path, load_best(cache_path, m)) for m in methods}
     gap, gap_notes = gap_table(cache_path, methods, df, studies)
-    order = list(_summary(df).index)
+    order = list(summary_table(df).index)
     return RunResult(cache_path, meta, splits, methods, df, gap, gap_notes, order, studies)
 
 
@@ -371,9 +373,9 @@ def _published_blocks(
         return blocks
     blocks.append(
         Para(
-            "Published values from `configs/published/` (reference §9) for the same benchmark and "
-            "architecture; difference = ours − published (AUROC: positive is better here; FPR@95: "
-            "negative is better). † = unverified transcription."
+            "Published values from `configs/published/` (docs/methods.md §9) for the same "
+            "benchmark and architecture; difference = ours − published (AUROC: positive is better "
+            "here; FPR@95: negative is better). † = unverified transcription."
         )
     )
     blocks.append(Table(comparison))
@@ -504,9 +506,10 @@ def _csv(df: pd.DataFrame, meta: dict[str, Any], fpr_convention: str) -> pd.Data
     )
 
 
-def _write(out: Path, doc: Document, df: pd.DataFrame, latex: str) -> str:
+def _write(out: Path, doc: Document, df: pd.DataFrame, latex: str, summary: pd.DataFrame) -> str:
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "results.csv", index=False)
+    summary.to_csv(out / "summary.csv")
     md = to_markdown(doc, out)
     (out / "report.md").write_text(md + "\n")
     (out / "results.tex").write_text(latex + "\n")
@@ -558,7 +561,7 @@ def _report_one(
         _intro(meta, fpr_convention),
         _provenance([(cache_path, meta["fingerprint"])], fpr_convention, n_boot, seed, level),
         Heading("Summary"),
-        Table(_summary(df), index=True),
+        Table(summary_table(df), index=True),
         Heading("Methods × OOD test sets"),
         Para(
             "One table per metric; columns are the OOD test sets and their group means. "
@@ -601,7 +604,7 @@ def _report_one(
         return f"{float(row[k].iloc[0]):.2f}" if len(row) else "--"
 
     latex = _latex(run.order, _ood_order(df), value, meta, fpr_convention)
-    md = _write(out, doc, _csv(df, meta, fpr_convention), latex)
+    md = _write(out, doc, _csv(df, meta, fpr_convention), latex, summary_table(df))
     return md, out, run
 
 
@@ -655,7 +658,7 @@ def build_checkpoint_report(
     """Mean ± std over several checkpoints (caches) of one benchmark and arch.
 
     Builds each cache's own report (with its intervals and figures) first, then the aggregate in
-    ``out_dir`` (default: ``report_<arch>_mean`` in the folder common to the run folders):
+    ``out_dir`` (default: ``report_mean`` in the folder common to the run folders):
     report.md, report.html, results.csv (means and stds), results_checkpoints.csv, results.tex.
     Methods missing from some checkpoint are left out. Returns (markdown, folder).
     """
@@ -700,7 +703,7 @@ def build_checkpoint_report(
     dropped = sorted({m for r in runs for m in r.methods} - set(methods))
     tables = [r.df[r.df["method"].isin(methods)] for r in runs]
     agg = aggregate_checkpoints(tables)
-    out = out_dir or Path(os.path.commonpath(parents)) / f"report_{meta['arch']}_mean"
+    out = out_dir or Path(os.path.commonpath(parents)) / "report_mean"
     n = len(runs)
 
     summary_rows = []
@@ -822,5 +825,6 @@ def build_checkpoint_report(
         doc,
         agg.assign(benchmark=meta["benchmark"], arch=meta["arch"], fpr_convention=fpr_convention),
         latex,
+        summary,
     )
     return md, out

@@ -2,7 +2,7 @@
 
 The definition's pieces: the symmetric log-spaced bin edges, states ẑ = σ(α·o·g) in float32,
 bins, raw counts. Efficiency (same bins and counts as the definition, scores up to float64 summation order;
-reference §2.5): the products p = o·g of a (split, layer) are flattened and sorted once,
+docs/methods.md §2.5): the products p = o·g of a (split, layer) are flattened and sorted once,
 memoised on the identity of the split's read-only arrays (tuning splits only: test splits are
 scored once, by replay, where the direct path is cheaper). σ(α·p) rises with p, so each edge e_k
 has a float32 p-band outside which ẑ ≥ e_k is certain (the float32 sigmoid is within STATE_RTOL

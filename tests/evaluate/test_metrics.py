@@ -1,4 +1,4 @@
-"""OOD metrics (reference §7): hand-computed cases, ties, constant scores, the sign, both FPR@95
+"""OOD metrics (docs/methods.md §7): hand-computed cases, ties, constant scores, the sign, both FPR@95
 conventions, and agreement with scikit-learn's curves on random data."""
 
 from __future__ import annotations

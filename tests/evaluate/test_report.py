@@ -321,7 +321,7 @@ def test_aggregate_checkpoints_mean_and_population_std() -> None:
 def test_checkpoint_report_mean_std(tmp_path: Path) -> None:
     caches = [make_run(tmp_path / f"s{i}", seed=i, trials=3) for i in range(3)]
     md, out = build_checkpoint_report(caches, n_boot=50, figures=False)
-    assert out == tmp_path / "report_resnet18_32x32_mean"
+    assert out == tmp_path / "report_mean"
     assert "mean ± std over 3 checkpoints" in md
     agg = pd.read_csv(out / "results.csv")
     per = [results_table(c, list(METHODS)) for c in caches]

@@ -169,7 +169,7 @@ CASES: dict[str, tuple[Manual | None, dict[str, Any], str]] = {
     "timm:test_vit.r160_in1k": (None, {"kwargs": {"img_size": SIDE}}, ".safetensors"),
 }
 SLOW = {"vit_b_16", "bit_s_r101x1", "resnet50_v2"}
-#: NAC's pooling of the explicit pass's layers (reference §2.1), independent of the YAML files
+#: NAC's pooling of the explicit pass's layers (docs/methods.md §2.1), independent of the YAML files
 POOLING = {
     "layer_norm": "cls_token",
     "layer_11": "sum_tokens",

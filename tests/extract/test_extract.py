@@ -85,7 +85,8 @@ def manual(
             # pool activation and gradient separately: sum over H and W
             rec[f"act/{layer}"] = a.detach().sum(dim=(2, 3)).numpy()
             rec[f"grad/{layer}"] = g.sum(dim=(2, 3)).numpy()
-        # ODIN (reference §4.3): x̃ = x − ε·sign(∇ₓ CE(f(x)/T, ŷ))/σ, a zero gradient counts as +1
+        # ODIN (docs/methods.md §4.3): x̃ = x − ε·sign(∇ₓ CE(f(x)/T, ŷ))/σ,
+        # a zero gradient counts as +1
         std = torch.tensor(images[name].pixel_std, dtype=x.dtype).view(1, -1, 1, 1)
         for t, eps in grid:
             xg = x.clone().requires_grad_(True)
@@ -175,7 +176,7 @@ def test_cache_matches_manual_forward_and_backward(toy_cache: Path, manual) -> N
 
 
 def test_avgpool_gradient_is_head_transpose_times_p_minus_u(toy_cache: Path) -> None:
-    """Reference §2.2: at avgpool, g = Wᵀ(p − u) with p = softmax(f), u = 1/K."""
+    """docs/methods.md §2.2: at avgpool, g = Wᵀ(p − u) with p = softmax(f), u = 1/K."""
     with Cache(toy_cache) as cache:
         w, _ = cache.head()
         k = cache.num_classes

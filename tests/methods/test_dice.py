@@ -1,4 +1,4 @@
-"""DICE against a loop implementation and hand-computed masks (reference §3.4)."""
+"""DICE against a loop implementation and hand-computed masks (docs/methods.md §3.4)."""
 
 from __future__ import annotations
 

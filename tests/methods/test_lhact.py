@@ -1,4 +1,4 @@
-"""LHAct against an independent computation and hand-computed values (reference §3.2).
+"""LHAct against an independent computation and hand-computed values (docs/methods.md §3.2).
 
 h' = max(h, t_l); a = h' if h' < t_h (strict) else h'/√(1 + (h'/t_h)^(2n)) + t_l, n = 2;
 S = LSE(W a + b). Thresholds: absolute constants (official ImageNet-1K ResNet-50) or percentiles

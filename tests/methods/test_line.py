@@ -1,4 +1,4 @@
-"""LINe against a straightforward loop implementation and hand-computed masks (reference §3.3).
+"""LINe against a straightforward loop implementation and hand-computed masks (docs/methods.md §3.3).
 
 C[j, c] = W[c, j]·μ_c[j] (class means of ID-train h); M^w_c[k, j] = 1[|C[j, c]|·W[k, j] > perc_{p_w}]
 over all K·D products (signed W); m^a_c[j] = 1[C[j, c] > perc_{p_a}(C[·, c])] (signed); h̄ = min(h, τ);

@@ -1,4 +1,4 @@
-"""MSP, MaxLogit, Energy and ODIN against known answers and scipy (reference §4.1, §4.3).
+"""MSP, MaxLogit, Energy and ODIN against known answers and scipy (docs/methods.md §4.1, §4.3).
 
 MSP = max_k softmax(f)_k; MaxLogit = max_k f_k; Energy = T·LSE(f/T); ODIN = max_k softmax(f(x̃)/T)_k
 on the cached logits of the perturbed input. Includes large-magnitude logits (stability) and

@@ -1,4 +1,4 @@
-"""ReAct against an independent numpy/scipy computation and hand-computed cases (reference §3.1).
+"""ReAct against an independent numpy/scipy computation and hand-computed cases (docs/methods.md §3.1).
 
 c = perc_p of the *flattened* N×D ID-val feature matrix (linear interpolation), or an absolute c;
 h̄ = min(h, c); S = LSE(W h̄ + b) with the cached head. Official ImageNet-1K ResNet-50: c = 1.0.

@@ -1,4 +1,4 @@
-"""ViM against an independent computation (general eigensolver, lstsq origin) (reference §5.2)."""
+"""ViM against an independent computation (general eigensolver, lstsq origin) (docs/methods.md §5.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NAC-UE against the reference (§2): bin edges, states, raw counts, coverage and the score,
+"""NAC-UE against docs/methods.md §2: bin edges, states, raw counts, coverage and the score,
 checked against a slow computation written here from the definition."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from oodcache.search.study import load_inputs
 
 
 def ref_edges(m: int) -> list[float]:
-    """Reference §2.3, term by term, in Python floats (float64)."""
+    """docs/methods.md §2.3, term by term, in Python floats (float64)."""
     n = m // 2
     a = [math.log(1 + i * (math.sqrt(1000) - 1) / (n - 1), 1000) for i in range(n)]
     lower = [a[i] for i in range(n - 1)]

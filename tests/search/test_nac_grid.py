@@ -1,4 +1,4 @@
-"""NAC's official APS grids (reference §2.6) reproduce the published configuration counts."""
+"""NAC's official APS grids (docs/methods.md §2.6) reproduce the published configuration counts."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Several `oodcache search` processes on one study must finish with exactly the requested number of
 trials (none lost, none duplicated), and the best result must equal a single-worker run over the
-same trials. CI installs Debian's `postgresql` package (.ci/run); without it this test fails, unless
-OODCACHE_NO_POSTGRES=1 is set explicitly.
+same trials. `make test` installs Debian's `postgresql` package where it can (root and apt-get);
+without it this test is skipped and reported in the run's last line, and CI
+(OODCACHE_REQUIRE_SERVICES=1) fails instead.
 """
 
 from __future__ import annotations

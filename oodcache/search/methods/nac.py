@@ -3,7 +3,7 @@
 For each layer l and channel c: o = Σ activation, g = Σ ∂L/∂activation over spatial positions
 (cached separately), L = −(1/K)·Σₖ log softmaxₖ; state ẑ = σ(α_l·o·g). Counts C_l[k, c] of
 fit-split states in the M_l − 1 bins of the fixed symmetric log₁₀₀₀ edge schedule (M_l = number
-of edges, §2.3 of the reference); coverage Φ_l = min(C_l/O_l, 1) (O_l is a count).
+of edges, docs/methods.md §2.3); coverage Φ_l = min(C_l/O_l, 1) (O_l is a count).
 score(x) = (1/L)·Σ_l (1/N_l)·Σ_c Φ_l[bin of ẑ_{l,c}(x), c]. Higher = more ID.
 Paper: Liu et al., "Neuron Activation Coverage", ICLR 2024, arXiv:2306.02879.
 Official code: github.com/BierOne/ood_coverage (OpenOOD v1.5 re-evaluation).
@@ -16,7 +16,8 @@ integer log-uniform in [5, 1000].
 Parameters: ``{"layers": {"<layer>": {"alpha": α, "M": M, "O": O}, ...}}``.
 Deviations: none. pytorch-ood's NACUE (mean pooling of o·g, other bins and loss) is not the
 reference.
-Efficiency: the exact sorted-products engine in ``oodcache.search.coverage`` (reference §2.5).
+Efficiency: the exact sorted-products engine in ``oodcache.search.coverage``
+(docs/methods.md §2.5).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 LayerParams = dict[str, float | int]
 
-#: Official per-layer defaults (O, M, α) from the official configs (reference §2.6).
+#: Official per-layer defaults (O, M, α) from the official configs (docs/methods.md §2.6).
 OFFICIAL: dict[tuple[str, str], dict[str, tuple[int, int, float]]] = {
     ("cifar10", "resnet18_32x32"): {
         "avgpool": (50, 50, 100.0),
@@ -80,8 +81,8 @@ OFFICIAL: dict[tuple[str, str], dict[str, tuple[int, int, float]]] = {
 }
 FALLBACK = OFFICIAL[("cifar10", "resnet18_32x32")]
 
-#: Official APS grids per layer: (O values, M values, α values) (reference §2.6). The search is their
-#: Cartesian product over layers: CIFAR-10 256, CIFAR-100 288, ImageNet R50 576, ViT 256 configs.
+#: Official APS grids per layer: (O values, M values, α values) (docs/methods.md §2.6). The search is
+#: their Cartesian product over layers: CIFAR-10 256, CIFAR-100 288, ImageNet R50 576, ViT 256 configs.
 GRIDS: dict[tuple[str, str], dict[str, tuple[list[int], list[int], list[float]]]] = {
     ("cifar10", "resnet18_32x32"): {
         "avgpool": ([10, 50], [50], [100.0]),

@@ -7,8 +7,8 @@ constant is c = 1.0). Higher = more ID. c = +inf recovers Energy.
 Paper: Sun, Guo & Li, NeurIPS 2021, arXiv:2111.12797. Official code: github.com/deeplearning-wisc/react
 Reads: features, head. Statistics: ID val (as OpenOOD v1.5). Defaults: percentile = 90 (paper,
 OpenOOD), trial 0; ``official`` gives the paper's ImageNet-1K ResNet-50 constant threshold = 1.0
-(reference §3.1, §9.1), trial 0 there. Space: percentile uniform in [50, 99.9]; grid {85, 90, 95, 99}
-(OpenOOD v1.5). Deviations: none.
+(docs/methods.md §3.1, §9.1), trial 0 there. Space: percentile uniform in [50, 99.9];
+grid {85, 90, 95, 99} (OpenOOD v1.5). Deviations: none.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Official code: github.com/deeplearning-wisc/dice
 Reads: features, head. Statistics: c from ID val, μ from ID train (``fit`` when there is no
 ``train`` split). Defaults: percentile = 90 (ReAct), p = 90 (DICE in OpenOOD), trial 0 (our
 pairing); ``official`` gives the DICE paper's ImageNet-1K ResNet-50 pairing threshold = 1.0,
-p = 10 (reference §3.4). Space: percentile uniform in [50, 99.9], p uniform in [10, 99].
+p = 10 (docs/methods.md §3.4). Space: percentile uniform in [50, 99.9], p uniform in [10, 99].
 Deviations: none.
 """
 
