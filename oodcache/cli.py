@@ -256,7 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: report_mean/ in the folder that holds the run folders)",
     )
 
-    p = sub.add_parser("demo", help="the whole pipeline on the embedded digits benchmark")
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on the embedded digits benchmark",
+        description="Train the small digits model on first use, extract its cache, search every "
+        "method, then report. Prints the stages, a summary table and where the full report "
+        "(report.html, report.md, results.csv) is. Reuses a cache already in --root.",
+    )
     p.add_argument(
         "--root", type=Path, default=CACHE_ROOT, help="output root (default: %(default)s)"
     )
@@ -558,6 +564,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from oodcache.extract.run import extract
     from oodcache.search.base import scorers
 
+    if not args.verbose:  # the terminal shows the stages, progress bars and the summary (-v: all)
+        logging.getLogger("oodcache").setLevel(logging.WARNING)
     cache = cache_path("digits", "digits_resnet", args.root)
     t0 = time.perf_counter()
     try:
@@ -612,6 +620,9 @@ def main(argv: list[str] | None = None) -> int:
     log.debug("command %s with %s", args.command, vars(args))
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # `oodcache benchmarks | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (
         ConfigError,
         FileNotFoundError,

@@ -11,6 +11,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from expectations import STRONG_FAR_AUROC
 
 from oodcache.cache import Cache
 from oodcache.cli import COMMANDS, main
@@ -170,10 +171,10 @@ def test_demo_end_to_end(
     assert set(per_set["ood"]) == {"digits_5_9", "textures", "photos"}
     assert ((df["auroc"] >= 0) & (df["auroc"] <= 100)).all()
     # the strong feature-space methods separate the far sets on any reasonable model (the
-    # weaker methods' quality depends on the exact weights the local training gives)
+    # weaker methods' quality depends on the weights local training gives: tests/expectations.py)
     far = per_set[per_set["group"] == "far"].set_index(["method", "ood"])["auroc"]
-    for method in ("mahalanobis", "vim", "knn", "nac"):
-        assert (far.loc[method] > 90).all(), far.loc[method]
+    for method, floor in STRONG_FAR_AUROC.items():
+        assert (far.loc[method] > floor).all(), far.loc[method]
     # the terminal shows the stages, one summary table and where the report is, not the report
     for stage in ("[1/3]", "[2/3]", "[3/3]"):
         assert stage in out

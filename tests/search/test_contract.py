@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from expectations import NEAR_AUROC, STRONG_FAR_AUROC
 
 from oodcache.cache import SEARCH_ROLES, Cache, Split
 from oodcache.evaluate.metrics import auroc
@@ -19,16 +20,6 @@ from oodcache.search.base import ENTRIES, STATISTICS, Scorer, get_scorer, scorer
 from oodcache.search.study import SearchInputs, load_inputs
 
 KEYS = sorted(scorers())
-
-#: The toy model is trained locally, and its weights differ between machines, so no assertion here
-#: depends on how good a method is on it. Two things hold for any reasonable model:
-#: - every method, with its official defaults, is better than chance on average over the OOD test
-#:   sets (near digits 5-9 and the far crops): a flipped sign gives 1 - AUROC, below chance. The
-#:   weakest measured means (seeds 0-3) are well above 0.5 (see test_fit_and_score).
-#: - the strong feature-space methods (distances and residuals in feature space, NAC's coverage)
-#:   separate the far sets (textures, photos) from ID: their AUROC is close to 1 on every seed.
-STRONG_FAR = ("mahalanobis", "vim", "knn", "nac")
-MIN_STRONG_FAR_AUROC = 0.9
 
 
 @dataclass(frozen=True)
@@ -103,14 +94,15 @@ def test_fit_and_score(key: str, toy: dict[str, Toy]) -> None:
     np.testing.assert_array_equal(s_id, scorer.score(t.inputs.id_val))
     again = cls.official(t.inputs.info).fit(t.inputs.stats)
     np.testing.assert_array_equal(s_id, again.score(t.inputs.id_val))
-    # higher = more ID: better than chance on average (a flipped sign gives 1 - AUROC)
-    aurocs = {name: auroc(s_id, scorer.score(split)) for name, split in t.tests.items()}
-    assert len(aurocs) == 3
-    mean = float(np.mean(list(aurocs.values())))
-    assert mean > 0.5, f"{key}: AUROCs id_val vs OOD test sets {aurocs}"
+    # higher = more ID: above chance on the unseen digit classes (a flipped sign gives 1 - AUROC);
+    # tests/expectations.py says why no stronger claim holds for every locally trained model
+    aurocs = {name: 100 * auroc(s_id, scorer.score(split)) for name, split in t.tests.items()}
+    assert len(aurocs) == 3 and len(t.far) == 2
+    near = [v for name, v in aurocs.items() if name not in t.far]
+    assert near[0] > NEAR_AUROC, f"{key}: AUROCs id_val vs OOD test sets {aurocs}"
 
 
-@pytest.mark.parametrize("key", STRONG_FAR)
+@pytest.mark.parametrize("key", sorted(STRONG_FAR_AUROC))
 def test_strong_methods_separate_the_far_sets(key: str, toy: dict[str, Toy]) -> None:
     cls = scorers()[key]
     t = toy[key]
@@ -118,8 +110,8 @@ def test_strong_methods_separate_the_far_sets(key: str, toy: dict[str, Toy]) -> 
     s_id = scorer.score(t.inputs.id_val)
     assert t.far
     for name in t.far:
-        value = auroc(s_id, scorer.score(t.tests[name]))
-        assert value > MIN_STRONG_FAR_AUROC, f"{key}: ID val vs {name} AUROC {value:.3f}"
+        value = 100 * auroc(s_id, scorer.score(t.tests[name]))
+        assert value > STRONG_FAR_AUROC[key], f"{key}: ID val vs {name} AUROC {value:.1f}"
 
 
 @pytest.mark.parametrize("key", KEYS)
