@@ -19,6 +19,7 @@ import optuna
 
 from oodcache.cache import Split
 from oodcache.search.ops import FloatArray
+from oodcache.search.settings import Setting, published_setting
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,12 @@ class CacheInfo:
     fit_size: int
     #: (temperature, epsilon) pairs with recorded ODIN-perturbed logits
     odin_grid: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def setting(self) -> Setting | None:
+        """The published setting this cache counts as (``search/settings.py``), which decides
+        every method's official defaults and grid."""
+        return published_setting(self.benchmark, self.arch)
 
 
 @dataclass(frozen=True)

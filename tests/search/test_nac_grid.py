@@ -33,7 +33,7 @@ def test_official_grid_sizes_and_defaults_inside(key: tuple[str, str]) -> None:
     default = NAC.to_trial(NAC.official(info).params())
     for name, value in default.items():  # the published defaults are grid points
         assert value in grid[name], (name, value, grid[name])
-    for layer, (o, m, a) in OFFICIAL[key].items():
+    for layer, (o, m, a) in OFFICIAL[info.setting].items():
         assert (o, m // 2, a) == (
             default[f"{layer}.O"],
             default[f"{layer}.M_half"],

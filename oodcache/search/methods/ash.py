@@ -22,6 +22,7 @@ import optuna
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer
 from oodcache.search.ops import FloatArray, as_score, ash_shape, energy
+from oodcache.search.settings import Setting
 
 Variant = Literal["P", "B", "S"]
 VARIANTS: tuple[Variant, ...] = ("P", "B", "S")
@@ -36,9 +37,10 @@ class ASH(Scorer):
 
     @classmethod
     def official(cls, info: CacheInfo) -> Self:
-        if info.arch == "resnet50" and info.benchmark in ("imagenet", "imagenet_classic"):
+        setting = info.setting
+        if setting == Setting.IMAGENET1K_RESNET50:
             return cls(percentile=90.0, variant="S")
-        if info.arch.startswith("densenet") and info.benchmark in ("cifar10", "cifar100"):
+        if setting in (Setting.CIFAR10_DENSENET, Setting.CIFAR100_DENSENET):
             return cls(percentile=95.0, variant="S")
         return cls()
 

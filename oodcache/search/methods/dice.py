@@ -24,6 +24,7 @@ import optuna
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
 from oodcache.search.ops import FloatArray, as_score, dice_weight, energy, memo, readonly
+from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class DICE(Scorer):
 
     @classmethod
     def official(cls, info: CacheInfo) -> Self:
-        if info.arch == "resnet50" and info.benchmark in ("imagenet", "imagenet_classic"):
+        if info.setting == Setting.IMAGENET1K_RESNET50:
             return cls(p=70.0)
         return cls()
 

@@ -37,6 +37,7 @@ from oodcache.search.ops import (
     readonly,
     row_chunks,
 )
+from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class KNN(Scorer):
 
     @classmethod
     def official(cls, info: CacheInfo) -> Self:
-        imagenet = info.arch == "resnet50" and info.benchmark in ("imagenet", "imagenet_classic")
+        imagenet = info.setting == Setting.IMAGENET1K_RESNET50
         return cls(k=min(1000 if imagenet else 50, info.fit_size))
 
     @classmethod

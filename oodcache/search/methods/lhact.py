@@ -24,6 +24,7 @@ import optuna
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
 from oodcache.search.ops import FloatArray, as_score, energy, percentile
+from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class LHAct(Scorer):
 
     @classmethod
     def official(cls, info: CacheInfo) -> Self:
-        if info.arch == "resnet50" and info.benchmark in ("imagenet", "imagenet_classic"):
+        if info.setting == Setting.IMAGENET1K_RESNET50:
             return cls(**IMAGENET_RESNET50)  # type: ignore[arg-type]
         return cls()
 

@@ -28,6 +28,7 @@ import optuna
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
 from oodcache.search.ops import FloatArray, as_score, logsumexp, memo, percentile, readonly
+from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,12 @@ class LINe(Scorer):
 
     @classmethod
     def official(cls, info: CacheInfo) -> Self:
-        if info.arch == "resnet50" and info.benchmark in ("imagenet", "imagenet_classic"):
+        setting = info.setting
+        if setting == Setting.IMAGENET1K_RESNET50:
             return cls(p_w=10.0, p_a=10.0, clip_threshold=0.8)
-        if info.arch.startswith("densenet") and info.benchmark == "cifar10":
+        if setting == Setting.CIFAR10_DENSENET:
             return cls(p_w=90.0, p_a=90.0, clip_threshold=1.0)
-        if info.arch.startswith("densenet") and info.benchmark == "cifar100":
+        if setting == Setting.CIFAR100_DENSENET:
             return cls(p_w=90.0, p_a=10.0, clip_threshold=1.0)
         return cls()
 

@@ -47,62 +47,63 @@ from oodcache.search.coverage import (
     state_bands,
 )
 from oodcache.search.ops import FloatArray, as_score
+from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
 
 LayerParams = dict[str, float | int]
 
 #: Official per-layer defaults (O, M, α) from the official configs (docs/methods.md §2.6).
-OFFICIAL: dict[tuple[str, str], dict[str, tuple[int, int, float]]] = {
-    ("cifar10", "resnet18_32x32"): {
+OFFICIAL: dict[Setting | None, dict[str, tuple[int, int, float]]] = {
+    Setting.CIFAR10_RESNET18: {
         "avgpool": (50, 50, 100.0),
         "layer3": (100, 500, 1000.0),
         "layer2": (5, 50, 0.001),
         "layer1": (100, 500, 0.001),
     },
-    ("cifar100", "resnet18_32x32"): {
+    Setting.CIFAR100_RESNET18: {
         "avgpool": (50, 50, 50.0),
         "layer3": (500, 1000, 10.0),
         "layer2": (500, 50, 1.0),
         "layer1": (5, 50, 0.005),
     },
-    ("imagenet", "resnet50"): {
+    Setting.IMAGENET1K_RESNET50: {
         "avgpool": (10, 50, 3000.0),
         "layer3": (500, 50, 300.0),
         "layer2": (50, 500, 0.01),
         "layer1": (5000, 1000, 1.0),
     },
-    ("imagenet", "vit_b_16"): {
+    Setting.IMAGENET1K_VIT_B_16: {
         "layer_norm": (500, 50, 100.0),
         "layer_11": (50, 500, 1.0),
         "layer_10": (10, 500, 10.0),
         "layer_9": (10, 1000, 1.0),
     },
 }
-FALLBACK = OFFICIAL[("cifar10", "resnet18_32x32")]
+FALLBACK = OFFICIAL[Setting.CIFAR10_RESNET18]
 
 #: Official APS grids per layer: (O values, M values, α values) (docs/methods.md §2.6). The search is
 #: their Cartesian product over layers: CIFAR-10 256, CIFAR-100 288, ImageNet R50 576, ViT 256 configs.
-GRIDS: dict[tuple[str, str], dict[str, tuple[list[int], list[int], list[float]]]] = {
-    ("cifar10", "resnet18_32x32"): {
+GRIDS: dict[Setting | None, dict[str, tuple[list[int], list[int], list[float]]]] = {
+    Setting.CIFAR10_RESNET18: {
         "avgpool": ([10, 50], [50], [100.0]),
         "layer3": ([100], [50, 500], [1000.0, 5000.0]),
         "layer2": ([5, 10], [50], [0.001]),
         "layer1": ([5, 10, 50, 100], [50, 500], [0.001, 0.005]),
     },
-    ("cifar100", "resnet18_32x32"): {
+    Setting.CIFAR100_RESNET18: {
         "avgpool": ([50], [50, 500], [1.0, 50.0]),
         "layer3": ([500], [50, 500, 1000], [10.0, 50.0, 100.0]),
         "layer2": ([100, 500], [50, 500], [1.0]),
         "layer1": ([5, 50], [50], [0.005]),
     },
-    ("imagenet", "resnet50"): {
+    Setting.IMAGENET1K_RESNET50: {
         "avgpool": ([10, 50, 500], [50, 500], [3000.0]),
         "layer3": ([100, 500], [50, 500], [50.0, 100.0, 300.0]),
         "layer2": ([50, 500], [500], [0.01]),
         "layer1": ([5000], [500, 1000], [0.1, 1.0]),
     },
-    ("imagenet", "vit_b_16"): {
+    Setting.IMAGENET1K_VIT_B_16: {
         "layer_norm": ([500], [50, 500], [100.0]),
         "layer_11": ([50, 500], [50, 500], [1.0, 10.0]),
         "layer_10": ([10, 50], [50, 500], [10.0]),
@@ -124,7 +125,7 @@ class NAC(Scorer):
 
     @classmethod
     def official(cls, info: CacheInfo) -> Self:
-        table = OFFICIAL.get((info.benchmark, info.arch), FALLBACK)
+        table = OFFICIAL.get(info.setting, FALLBACK)
         layers: dict[str, LayerParams] = {}
         for layer in info.layers:
             o, m, a = table.get(layer, (50, 50, 1.0))
@@ -133,7 +134,7 @@ class NAC(Scorer):
 
     @classmethod
     def space(cls, trial: optuna.Trial, info: CacheInfo) -> dict[str, Any]:
-        official = OFFICIAL.get((info.benchmark, info.arch), {})
+        official = OFFICIAL.get(info.setting, {})
         layers: dict[str, LayerParams] = {}
         for layer in info.layers:
             lo, hi = (1e-5, 1e5)
@@ -150,7 +151,7 @@ class NAC(Scorer):
     def grid(cls, info: CacheInfo) -> dict[str, list[Any]] | None:
         """The official per-layer grid of this benchmark/arch; elsewhere CIFAR-10's by layer name
         (O capped at 5·|fit|), or None when the cache's layers have no official grid."""
-        table = GRIDS.get((info.benchmark, info.arch), GRIDS[("cifar10", "resnet18_32x32")])
+        table = GRIDS.get(info.setting, GRIDS[Setting.CIFAR10_RESNET18])
         if not set(info.layers) <= set(table):
             return None
         flat: dict[str, list[Any]] = {}

@@ -23,6 +23,7 @@ import optuna
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
 from oodcache.search.ops import FloatArray, as_score, energy, percentile
+from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class ReAct(Scorer):
 
     @classmethod
     def official(cls, info: CacheInfo) -> Self:
-        if info.arch == "resnet50" and info.benchmark in ("imagenet", "imagenet_classic"):
+        if info.setting == Setting.IMAGENET1K_RESNET50:
             return cls(threshold=1.0)  # the 90th percentile on ~2,000 ImageNet val images
         return cls()
 

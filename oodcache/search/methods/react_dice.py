@@ -27,6 +27,7 @@ from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
 from oodcache.search.methods.dice import feature_mean
 from oodcache.search.ops import FloatArray, as_score, dice_weight, energy, percentile
+from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class ReActDICE(Scorer):
 
     @classmethod
     def official(cls, info: CacheInfo) -> Self:
-        if info.arch == "resnet50" and info.benchmark in ("imagenet", "imagenet_classic"):
+        if info.setting == Setting.IMAGENET1K_RESNET50:
             return cls(p=10.0, threshold=1.0)
         return cls()
 
