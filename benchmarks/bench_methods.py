@@ -296,7 +296,7 @@ def official_nac_path(cache: str, batch: int = 128) -> dict[str, Any]:
     import torch
 
     from oodcache.cache import SEARCH_ROLES, Cache
-    from oodcache.evaluate.metrics import auroc, fpr_at_95
+    from oodcache.metrics import auroc, fpr_at_95
     from oodcache.search.base import get_scorer
     from oodcache.search.coverage import bin_edges
     from oodcache.search.study import load_inputs

@@ -225,6 +225,10 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(data, ignore_errors=True)
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    system_services.count(report)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """One line at the very end (after the counts) naming the tests skipped for a missing system
     service and the command that enables them."""

@@ -32,6 +32,7 @@ CHROMIUM = Service("headless Chromium", "chromium")
 
 #: services whose tests were skipped in this session, with the number of tests
 skipped: dict[Service, int] = {}
+SERVICES = (POSTGRES, CHROMIUM)
 
 
 def postgres_bindir() -> Path | None:
@@ -51,13 +52,26 @@ def enable_command(services: list[Service]) -> str:
     return f"sudo apt-get install -y {' '.join(s.package for s in services)}"
 
 
+def _message(service: Service) -> str:
+    return f"{service.name} not installed: {enable_command([service])} enables this test"
+
+
 def missing(service: Service) -> None:
-    """Skip the calling test (or fail it under ``OODCACHE_REQUIRE_SERVICES=1``)."""
-    message = f"{service.name} not installed: {enable_command([service])} enables this test"
+    """Skip the calling test (or fail it under ``OODCACHE_REQUIRE_SERVICES=1``). A session
+    fixture skips every test that uses it with this one message: :func:`count` tallies them."""
     if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{message} ({REQUIRE_ENV}=1: a missing service is a failure)")
-    skipped[service] = skipped.get(service, 0) + 1
-    pytest.skip(message)
+        pytest.fail(f"{_message(service)} ({REQUIRE_ENV}=1: a missing service is a failure)")
+    pytest.skip(_message(service))
+
+
+def count(report: pytest.TestReport) -> None:
+    """Tally a skipped test whose reason is a missing service (from pytest's report hook)."""
+    if not report.skipped or not isinstance(report.longrepr, tuple):
+        return
+    reason = str(report.longrepr[2])
+    for service in SERVICES:
+        if _message(service) in reason:
+            skipped[service] = skipped.get(service, 0) + 1
 
 
 def summary_line() -> str | None:

@@ -59,3 +59,41 @@ def test_generic_names_not_importable_from_a_clean_interpreter(tmp_path: Path) -
     result = json.loads(out.stdout)
     assert result["found"] == {}
     assert Path(result["oodcache"]).name == "__init__.py"
+
+
+#: stage -> the oodcache modules it may import (stages point downward only: cache knows no stage,
+#: search never imports evaluate; metrics and config sit below every stage)
+ALLOWED_IMPORTS = {
+    "cache": {"config", "faultpoints"},
+    "search": {"cache", "config", "metrics", "faultpoints", "search"},
+    "metrics": set(),
+}
+
+
+def _oodcache_imports(path: Path) -> set[str]:
+    """First-level oodcache modules a file imports (``oodcache.search.ops`` -> ``search``)."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "oodcache" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+def test_stages_import_only_downward() -> None:
+    package = REPO / "oodcache"
+    for stage, allowed in ALLOWED_IMPORTS.items():
+        files = [package / f"{stage}.py"] if (package / f"{stage}.py").is_file() else []
+        files += sorted((package / stage).rglob("*.py")) if (package / stage).is_dir() else []
+        assert files, stage
+        for path in files:
+            extra = _oodcache_imports(path) - allowed - {stage}
+            assert not extra, f"{path.relative_to(REPO)} imports {sorted(extra)}"

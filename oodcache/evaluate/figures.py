@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
 from oodcache.config import studies_dir
-from oodcache.evaluate.metrics import auroc
+from oodcache.metrics import auroc
 
 log = logging.getLogger(__name__)
 

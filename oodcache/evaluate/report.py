@@ -40,7 +40,7 @@ from oodcache.evaluate.document import (
     to_markdown,
 )
 from oodcache.evaluate.html import to_html
-from oodcache.evaluate.metrics import auroc, bootstrap_sets, ood_metrics, percentile_ci
+from oodcache.metrics import auroc, bootstrap_sets, ood_metrics, percentile_ci
 from oodcache.evaluate.published import compare
 from oodcache.evaluate.replay import load_best, searched_methods
 

@@ -1,11 +1,11 @@
-"""Bootstrap confidence intervals of AUROC and FPR@95 (oodcache.evaluate.metrics)."""
+"""Bootstrap confidence intervals of AUROC and FPR@95 (oodcache.metrics)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from oodcache.evaluate.metrics import (
+from oodcache.metrics import (
     FPR_CONVENTIONS,
     _metrics_from_counts,
     auroc,
@@ -70,7 +70,7 @@ def test_deterministic_with_a_seed() -> None:
 
 
 def test_chunking_does_not_change_the_replicates(monkeypatch: pytest.MonkeyPatch) -> None:
-    import oodcache.evaluate.metrics as metrics
+    import oodcache.metrics as metrics
 
     s_id, s_ood = _scores(120, 90, seed=4)
     whole = bootstrap_sets(s_id, {"a": s_ood}, n_boot=64, seed=0)

@@ -16,7 +16,6 @@ import pytest
 from optuna.storages.journal import JournalFileBackend
 
 from oodcache.config import ConfigError
-from oodcache.evaluate.metrics import auroc
 from oodcache.evaluate.published import compare, load_published
 from oodcache.evaluate.report import (
     aggregate_checkpoints,
@@ -24,6 +23,7 @@ from oodcache.evaluate.report import (
     build_report,
     results_table,
 )
+from oodcache.metrics import auroc
 
 CIFAR10_SPLITS = {  # three of the six OpenOOD v1.5 sets keep the figures few
     "cifar100": ("near", "cifar100"),

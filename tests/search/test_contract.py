@@ -14,7 +14,7 @@ import pytest
 from expectations import NEAR_AUROC, STRONG_FAR_AUROC
 
 from oodcache.cache import SEARCH_ROLES, Cache, Split
-from oodcache.evaluate.metrics import auroc
+from oodcache.metrics import auroc
 from oodcache.search import methods
 from oodcache.search.base import ENTRIES, STATISTICS, Scorer, get_scorer, scorers
 from oodcache.search.study import SearchInputs, load_inputs

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import auc, precision_recall_curve, roc_auc_score, roc_curve
 
-from oodcache.evaluate.metrics import aupr_in, aupr_out, auroc, fpr_at_95, ood_metrics
+from oodcache.metrics import aupr_in, aupr_out, auroc, fpr_at_95, ood_metrics
 
 
 def random_scores(seed: int, ties: bool) -> tuple[np.ndarray, np.ndarray]:
