@@ -40,9 +40,9 @@ from oodcache.evaluate.document import (
     to_markdown,
 )
 from oodcache.evaluate.html import to_html
-from oodcache.metrics import auroc, bootstrap_sets, ood_metrics, percentile_ci
 from oodcache.evaluate.published import compare
 from oodcache.evaluate.replay import load_best, searched_methods
+from oodcache.metrics import auroc, bootstrap_sets, ood_metrics, percentile_ci
 
 FPR_LABEL = {
     "classic": "FPR@95 = share of OOD accepted at 95% ID recall (classic)",

@@ -20,8 +20,8 @@ import optuna
 
 from oodcache.cache import SEARCH_ROLES, Cache, Split
 from oodcache.config import best_dir, studies_dir
-from oodcache.metrics import auroc, fpr_at_95
 from oodcache.faultpoints import faultpoint
+from oodcache.metrics import auroc, fpr_at_95
 from oodcache.search.base import CacheInfo, Scorer, Stats, get_scorer
 from oodcache.search.recovery import WORKER_ATTR, recover_stale_trials, worker_id
 
