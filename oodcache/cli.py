@@ -447,9 +447,9 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_all(
-    cache: Path, methods: list[str], args: argparse.Namespace, storage: str | None
-) -> None:
+def _search_all(cache: Path, methods: list[str], *, quiet: bool, **options: Any) -> None:
+    """``run_search`` for each method in turn, one result line each; ``options`` are its keyword
+    arguments (trials, until, timeout, seed, sampler, storage, objective, jobs)."""
     from oodcache.search.study import run_search
 
     for method in methods:
@@ -457,15 +457,8 @@ def _search_all(
         rec = run_search(
             cache,
             method,
-            trials=args.trials,
-            until=args.until,
-            timeout=args.timeout,
-            seed=args.seed,
-            storage=storage,
-            sampler=args.sampler,
-            objective=getattr(args, "objective", "auroc"),
-            jobs=getattr(args, "jobs", 1),
-            progress=not args.quiet and method == methods[0] and len(methods) == 1,
+            progress=not quiet and len(methods) == 1,
+            **options,
         )
         sanity = rec["sanity_auroc"]
         if "pareto" in rec:
@@ -487,7 +480,19 @@ def cmd_search(args: argparse.Namespace) -> int:
     for cache in args.cache:
         if len(args.cache) > 1:
             print(f"== {cache}")
-        _search_all(cache, methods, args, args.storage)
+        _search_all(
+            cache,
+            methods,
+            quiet=args.quiet,
+            trials=args.trials,
+            until=args.until,
+            timeout=args.timeout,
+            seed=args.seed,
+            storage=args.storage,
+            sampler=args.sampler,
+            objective=args.objective,
+            jobs=args.jobs,
+        )
     return 0
 
 
@@ -582,15 +587,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"[2/3] search: {len(methods)} methods, up to {args.trials} trials each "
         "(ID val vs OOD val AUROC; the official defaults are trial 0)"
     )
-    ns = argparse.Namespace(
-        trials=args.trials,
-        until=args.trials,
-        timeout=None,
-        seed=args.seed,
-        sampler="tpe",
-        quiet=True,
-    )
-    _search_all(cache, methods, ns, None)
+    _search_all(cache, methods, quiet=True, trials=args.trials, until=args.trials, seed=args.seed)
     t2 = time.perf_counter()
     print("[3/3] report: replay the best parameters on the test splits")
     folder = _report([cache], fpr="classic", out=None, n_boot=1000, seed=0, figures=True)
