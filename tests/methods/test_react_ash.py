@@ -1,4 +1,5 @@
-"""ReAct + ASH against a loop composition: clip at an ID-val percentile, then ASH, energy."""
+"""ReAct + ASH against a loop composition (clip at an ID-val percentile, then ASH, energy) and
+against a written-out copy of the official ``react_and_ash`` (ASH repository, torch.topk)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from oodcache.search.base import CacheInfo, Stats
 from oodcache.search.methods.ash import ASH
 from oodcache.search.methods.react import ReAct
 from oodcache.search.methods.react_ash import ReActASH
+from oodcache.search.ops import ash_shape
 
 
 def loop(
@@ -91,6 +93,54 @@ def test_limits_are_ash_and_react() -> None:
 def test_official_and_space() -> None:
     info = CacheInfo("digits_resnet", "digits", 5, 128, ("avgpool",), 488)
     official = ReActASH.official(info)
-    assert official == ReActASH(percentile=90.0, ash_percentile=90.0, variant="B", threshold=None)
+    assert official == ReActASH(percentile=90.0, ash_percentile=90.0, variant="S", threshold=None)
     trial = FixedTrial(ReActASH.to_trial(official.params()))
     assert ReActASH(**ReActASH.space(trial, info)) == official
+
+
+def official_react_and_ash(h: np.ndarray, c: float, p: float, w: np.ndarray, b: np.ndarray):  # type: ignore[no-untyped-def]
+    """The ASH repository's react_and_ash(x, c, p) on (N, D) features, then energy, written out
+    in torch as the official code does it (x.clip(max=c); ash_s: topk on the clipped x, scatter,
+    x * exp(s1 / s2))."""
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(np.array(h, np.float32)).clip(max=c)
+    s1 = x.sum(dim=1)
+    n = x.shape[1]
+    k = n - int(np.round(n * p / 100.0))
+    v, i = torch.topk(x, k, dim=1)
+    t = torch.zeros_like(x).scatter_(dim=1, index=i, src=v)
+    t = t * torch.exp(s1 / t.sum(dim=1))[:, None]
+    logits = t @ torch.from_numpy(np.asarray(w, np.float32)).T + torch.from_numpy(
+        np.asarray(b, np.float32)
+    )
+    return torch.logsumexp(logits, dim=1).numpy(), i.numpy()
+
+
+def test_equals_the_official_react_and_ash_without_ties() -> None:
+    """Fewer than k entries per row reach c, so no tie at the k-th value: the official scores."""
+    rng = np.random.default_rng(3)
+    w, b = rng.normal(size=(5, 40)) * 0.3, rng.normal(size=5)
+    h = rng.exponential(size=(50, 40)).astype(np.float32)
+    c = float(np.quantile(h, 0.97))  # about 1 entry in 40 per row is clipped; k = 8 are kept
+    assert ((h >= c).sum(1) < 8).all()
+    val = make_split(h, w, b, name="val")
+    ours = ReActASH(threshold=c, ash_percentile=80.0, variant="S").fit(Stats(fit=val, id_val=val))
+    expected, _ = official_react_and_ash(h, c, 80.0, w, b)
+    np.testing.assert_allclose(ours.score(val), expected, rtol=2e-5, atol=2e-5)
+
+
+def test_with_ties_the_kept_units_are_a_top_k_of_the_clipped_features() -> None:
+    """Many entries clipped to c: our choice among them is one the official topk may make; the
+    kept clipped values are exactly the official ones, as a multiset."""
+    rng = np.random.default_rng(4)
+    h = rng.exponential(size=(30, 20)).astype(np.float32)
+    c, k = float(np.quantile(h, 0.5)), 4  # half the entries tie at c; ash_percentile 80 keeps 4
+    x = np.minimum(h, np.float32(c))
+    _, official_units = official_react_and_ash(h, c, 80.0, np.eye(20), np.zeros(20))
+    kept = ash_shape(x, 80.0, "P", rank=h)  # as ReActASH.score shapes: ranked by the raw h
+    ours = np.sort(kept, 1)[:, -k:]
+    assert ((kept > 0).sum(1) == k).all()
+    np.testing.assert_array_equal(ours, np.sort(np.take_along_axis(x, official_units, 1), 1))
+    # ...and among the tied units the larger raw activation is kept
+    tied = (x == np.float32(c)) & (kept == 0)
+    assert all(h[r][tied[r]].max(initial=0) <= h[r][kept[r] > 0].min() for r in range(len(h)))

@@ -1,18 +1,23 @@
-"""ReAct + ASH: clip penultimate activations at an ID percentile, then shape them as ASH, energy.
+"""ReAct + ASH, the ASH repository's ``react_and_ash``: clip at c, then ASH-S, energy.
 
-score(x) = logsumexp(W·a(min(h, c)) + b), h = cached penultimate features, (W, b) = cached head.
-c = the ``percentile``-th percentile of all entries of the ID-val feature matrix (as ReAct), or the
-absolute ``threshold`` when given; a = ASH's P/B/S shaping at ``ash_percentile`` (k = D −
-round(D·p/100) kept units; s1 and s2 are sums of the *clipped* features). Higher = more ID.
-Clipping makes many entries equal c, so ASH's top k is often tied; ties go to the larger
-unclipped activation (then the lower unit index), i.e. the kept units are the top k of h itself.
-With c above every feature it is ASH; with ash_percentile = 0 and variant P it is ReAct.
+score(x) = logsumexp(W·a + b), a = ASH shaping of min(h, c), h = cached penultimate features,
+(W, b) = cached head. c = the ``percentile``-th percentile of all entries of the ID-val feature
+matrix (as ReAct), or the absolute ``threshold`` when given (the official code takes an absolute
+clip value: ``react_and_ash@<c>@<p>``). The shaping acts on the *clipped* features x = min(h, c):
+the kept units are the k = D − round(D·p/100) largest entries of x (p = ``ash_percentile``);
+S (official) multiplies them by exp(s1/s2), s1 = Σ x, s2 = Σ kept x; P and B are options.
+Higher = more ID. Tie rule: clipping makes many entries equal c, and the official
+``torch.topk`` picks among tied entries in no stated order; here ties at c go to the larger
+unclipped activation h, then to the lower unit index (deterministic). Without ties at the k-th
+value the kept units are exactly the official ones. With c above every feature it is ASH; with
+ash_percentile = 0 and variant P it is ReAct.
 Papers: ReAct (Sun, Guo & Li, NeurIPS 2021, arXiv:2111.12797) and ASH (Djurisic et al., ICLR 2023,
-arXiv:2209.09858); official code github.com/deeplearning-wisc/react, github.com/andrijazz/ash.
-Reads: features, head. Statistics: c from ID val. Defaults: percentile = 90 (ReAct), ASH-B at
-ash_percentile = 90 (OpenOOD "ash"), trial 0 (our pairing; neither paper publishes this
-combination). Space: percentile uniform in [50, 99.9], ash_percentile uniform in [50, 99],
-variant categorical {P, B, S}. Deviations: the combination itself is ours.
+arXiv:2209.09858); official code: github.com/andrijazz/ash (``ash.py``, ``react_and_ash``).
+Reads: features, head. Statistics: c from ID val. Defaults (trial 0): variant S (official),
+ash_percentile = 90 (ASH-S's ImageNet value), c = ReAct's: the 90th ID-val percentile, or on
+ImageNet-1K ResNet-50 the absolute 1.0 (the ASH paper publishes no numbers for the pair). Space:
+percentile uniform in [50, 99.9], ash_percentile uniform in [50, 99], variant categorical
+{P, B, S}. Deviations: the stated tie rule; s1, s2 summed in float64.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
 from oodcache.search.methods.ash import VARIANTS, Variant
 from oodcache.search.ops import FloatArray, as_score, ash_shape, energy, percentile
+from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +45,14 @@ class ReActASH(Scorer):
     statistics = ("id_val",)
     percentile: float = 90.0
     ash_percentile: float = 90.0
-    variant: Variant = "B"
+    variant: Variant = "S"
     threshold: float | None = None  # absolute c; overrides the percentile when set
+
+    @classmethod
+    def official(cls, info: CacheInfo) -> Self:
+        if info.setting == Setting.IMAGENET1K_RESNET50:
+            return cls(threshold=1.0)  # ReAct's published c for this model
+        return cls()
 
     @classmethod
     def space(cls, trial: optuna.Trial, info: CacheInfo) -> dict[str, Any]:
@@ -60,5 +72,6 @@ class ReActASH(Scorer):
 
     def score(self, split: Split) -> FloatArray:
         clipped = np.minimum(split.features, np.float32(self.threshold_))
+        # rank = h: the top k of the clipped x, ties at c to the larger raw h (then lower index)
         shaped = ash_shape(clipped, self.ash_percentile, self.variant, rank=split.features)
         return as_score(energy(split.head(shaped)))
