@@ -24,6 +24,7 @@ from sklearn.metrics import roc_curve
 
 from oodcache.config import studies_dir
 from oodcache.metrics import auroc
+from oodcache.search.study import open_storage, study_name
 
 log = logging.getLogger(__name__)
 
@@ -172,18 +173,12 @@ def load_study_readonly(cache_path: Path, best: Mapping[str, Any]) -> optuna.Stu
     if where is None:
         log.info("no study found for %s (storage %s)", best.get("method"), best.get("storage"))
         return None
-    name = str(best.get("study") or "")  # recorded since multi-objective search; else the old rule
-    if not name:
-        name = f"{best['method']}-grid" if best.get("sampler") == "grid" else str(best["method"])
-    storage: optuna.storages.BaseStorage | str
-    if "://" in where:
-        storage = where
-    else:
-        from optuna.storages.journal import JournalFileBackend
-
-        storage = optuna.storages.JournalStorage(JournalFileBackend(where))
+    # the name is recorded since multi-objective search; older records were AUROC studies
+    name = str(
+        best.get("study") or study_name(str(best["method"]), str(best.get("sampler", "tpe")))
+    )
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=open_storage(where, create=False))
     except (KeyError, ValueError, RuntimeError) as err:
         log.warning("cannot open study %s in %s: %s", name, where, err)
         return None

@@ -161,13 +161,15 @@ def default_storage(cache_path: Path, method: str) -> str:
     return str(studies_dir(cache_path) / f"{method}.journal")
 
 
-def open_storage(storage: str) -> optuna.storages.BaseStorage | str:
-    """A database URL passes through; a file path becomes an Optuna journal file."""
+def open_storage(storage: str, *, create: bool = True) -> optuna.storages.BaseStorage | str:
+    """A database URL passes through; a file path becomes an Optuna journal file (its folder
+    is made unless ``create`` is False: readers such as the report never create anything)."""
     if "://" in storage:
         return storage
     from optuna.storages.journal import JournalFileBackend
 
-    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        Path(storage).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(storage))
 
 
