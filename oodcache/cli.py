@@ -84,7 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="warnings only, no progress bars"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMAND_PARSERS:
+        add(sub)
+    return parser
 
+
+def _extract_parser(sub: Any) -> None:
+    """`extract`: run the network once, write the cache."""
     p = sub.add_parser(
         "extract",
         help="run the network once and write the HDF5 cache",
@@ -153,24 +159,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not record ODIN-perturbed logits (saves 4 backward + 8 forward passes per batch)",
     )
 
+
+def _layers_parser(sub: Any) -> None:
+    """`layers`: an arch's hookable modules."""
     p = sub.add_parser(
         "layers", help="list an architecture's hookable modules with output shapes (for --layers)"
     )
     p.add_argument("--arch", required=True, help=f"architecture (available: {available('archs')})")
     p.add_argument("--input-size", type=int, default=None, help="override the input side")
 
+
+def _info_parser(sub: Any) -> None:
+    """`info`: describe a cache."""
     p = sub.add_parser(
         "info", help="describe a cache: splits, roles, sizes, layers, dtypes, provenance"
     )
     p.add_argument("cache", type=Path, nargs="?", default=cache_path("digits", "digits_resnet"))
 
-    p = sub.add_parser(
-        "methods", help="list every method: inputs, statistics split, defaults, space"
-    )
 
+def _methods_parser(sub: Any) -> None:
+    """`methods`: every method with inputs, defaults and space."""
+    sub.add_parser("methods", help="list every method: inputs, statistics split, defaults, space")
+
+
+def _lists_parser(sub: Any) -> None:
+    """`archs` and `benchmarks`: the built-in configs."""
     sub.add_parser("archs", help="list the architecture configs")
     sub.add_parser("benchmarks", help="list the benchmark configs and their splits")
 
+
+def _search_parser(sub: Any) -> None:
+    """`search`: Optuna studies from the cache."""
     p = sub.add_parser(
         "search",
         help="tune a method's hyperparameters from the cache with Optuna",
@@ -199,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_search_args(p)
 
+
+def _score_parser(sub: Any) -> None:
+    """`score`: one score per sample of a split."""
     p = sub.add_parser(
         "score",
         help="write one score per sample of a split (higher = more ID)",
@@ -218,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--best-all", action="store_true", help="score every split for every searched method"
     )
 
+
+def _report_parser(sub: Any) -> None:
+    """`report`: metrics, tables and figures."""
     p = sub.add_parser(
         "report",
         help="metrics of every searched method on the test splits (Markdown, HTML, CSV, LaTeX)",
@@ -256,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: report_mean/ in the folder that holds the run folders)",
     )
 
+
+def _demo_parser(sub: Any) -> None:
+    """`demo`: the whole pipeline on the digits benchmark."""
     p = sub.add_parser(
         "demo",
         help="the whole pipeline on the embedded digits benchmark",
@@ -272,8 +300,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=40,
         help="finished trials per method study (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    return parser
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default: %(default)s)")
+
+
+COMMAND_PARSERS = (
+    _extract_parser,
+    _layers_parser,
+    _info_parser,
+    _methods_parser,
+    _lists_parser,
+    _search_parser,
+    _score_parser,
+    _report_parser,
+    _demo_parser,
+)
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
