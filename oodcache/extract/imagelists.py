@@ -8,13 +8,17 @@ Every split's ``source`` in the benchmark YAML is one of:
 - ``{folder: <folder>}``: every image below the folder (sorted, recursive). ID roles need one
   sub-folder per class; their sorted names give the class indices (torchvision ``ImageFolder``).
 - ``{subset: fit|sanity|train|holdout, size: N}``: a class-balanced part of the training images
-  named by ``options.partition`` (``{list, root}`` or ``{folder}``). Per class, the images are
-  shuffled (seed: the benchmark's ``seed``, classes in index order): the first
-  ``sanity_per_class`` form ``sanity`` (default floor(1000/K), as the NAC authors' sub_train), the
-  last ones ``holdout``; the rest is main_train, from whose start ``fit`` (default 1,000) and
-  ``train`` (default: all of main_train) are taken. So ``fit`` ⊂ ``train``, and ``sanity`` and
-  ``holdout`` are disjoint from both. Each generated subset is written as an image list to the
-  run's ``splits/`` folder (``<split>.txt``), and an existing list that differs is an error.
+  named by ``options.partition`` (``{list, root}`` or ``{folder}``), drawn per class exactly as
+  the NAC authors draw theirs (``nac_authors_split``; seed: the benchmark's ``seed``, 1 in the
+  shipped configs as in their code): a fresh ``RandomState(seed)`` shuffle of the class's images
+  gives ``sanity`` (the first ``sanity_per_class``, default floor(1000/K): their sub_train) and
+  main_train; a second fresh shuffle of main_train orders it, and ``fit`` (default 1,000, i.e.
+  int(1000/K) per class: their build set) and ``train`` (default: all of main_train) are taken
+  from its start, ``holdout`` from its end. So ``fit`` ⊂ ``train``, and ``sanity`` and
+  ``holdout`` are disjoint from both. (Sizes that K does not divide give the first classes one
+  more image; the authors cap every class at the smallest class instead.) Each generated subset
+  is written as an image list to the run's ``splits/`` folder (``<split>.txt``), and an existing
+  list that differs is an error.
 
 A malformed line, a duplicate path, a path leaving its root, a missing file or an undecodable image raises
 ``ImageListError`` naming the file and line. With ``skip_bad`` (benchmark option or ``extract``
@@ -174,6 +178,26 @@ def _per_class(total: int, k: int) -> list[int]:
     return [base + (1 if c < extra else 0) for c in range(k)]
 
 
+def nac_authors_split(members: list[int], seed: int, sanity: int) -> tuple[list[int], list[int]]:
+    """One class's images (indices in list order) as the NAC authors split them:
+    (sub_train, main_train in the order NAC's build set is drawn from).
+
+    Stage 1 (their ``imglist_generator.py``): the class's list lines are shuffled in place with a
+    fresh ``np.random.RandomState(seed)``; the first ``sanity`` form sub_train, the rest
+    main_train. Stage 2 (``TrainSubset(valid_num=1000, rand_seed=seed)`` in their
+    ``openood/postprocessors/nac/utils.py``): the class's positions in main_train are shuffled
+    again with a fresh ``RandomState(seed)``, and the build set is the first int(1000/K) of them.
+    A fresh generator per class makes each class's draw independent of the class order.
+    """
+    order = list(members)
+    np.random.RandomState(seed).shuffle(order)
+    s = min(sanity, len(order))
+    sub, main = order[:s], order[s:]
+    positions = list(range(len(main)))
+    np.random.RandomState(seed).shuffle(positions)
+    return sub, [main[q] for q in positions]
+
+
 def partition(
     items: list[Item],
     num_classes: int,
@@ -189,19 +213,17 @@ def partition(
     by_class: list[list[int]] = [[] for _ in range(num_classes)]
     for i, it in enumerate(items):
         by_class[it.label].append(i)
-    rng = np.random.default_rng(seed)
-    orders = [[int(j) for j in rng.permutation(idx)] for idx in by_class]
     holdout = _per_class(int(sizes.get("holdout") or 0), num_classes)
     out: dict[str, list[int]] = {name: [] for name in sizes}
     short: list[str] = []
-    for c, order in enumerate(orders):
-        s = min(sanity_per_class, len(order))
-        h = min(holdout[c], len(order) - s)
-        main = order[s : len(order) - h]
+    for c, members in enumerate(by_class):
+        sanity, main = nac_authors_split(members, seed, sanity_per_class)
+        h = min(holdout[c], len(main))
         if "sanity" in out:
-            out["sanity"] += order[:s]
+            out["sanity"] += sanity
         if "holdout" in out:
-            out["holdout"] += order[len(order) - h :]
+            out["holdout"] += main[len(main) - h :]
+        main = main[: len(main) - h]
         for name in ("fit", "train"):
             if name in out:
                 size = sizes[name]

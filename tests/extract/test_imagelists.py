@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -487,3 +487,82 @@ def test_split_logs_sizes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
     with caplog.at_level(logging.INFO, logger="oodcache.extract.imagelists"):
         _load(cfg, data)
     assert any("split s (id_val): 2 images" in r.getMessage() for r in caplog.records)
+
+
+# --- the NAC authors' selection, against a transcription of their two steps ---
+
+
+def _authors_imglist_generator(lines: list[str], split_num: int, seed: int) -> tuple[list, list]:
+    """BierOne/ood_coverage imglist_generator.py, transcribed: (sub_train, main_train) lines."""
+    cls_to_imgs: dict[str, list[str]] = defaultdict(list)
+    for line in lines:
+        _, label = line.strip("\n").split(" ", 1)
+        cls_to_imgs[label].append(line)
+    num_each_cls = int(split_num / len(cls_to_imgs))
+    sub, main = [], []
+    for cls in cls_to_imgs:
+        imgs = cls_to_imgs[cls]
+        np.random.RandomState(seed).shuffle(imgs)
+        sub += imgs[:num_each_cls]
+        main += imgs[num_each_cls:]
+    return sub, main
+
+
+def _authors_train_subset(main: list[str], valid_num: int, seed: int) -> list[str]:
+    """TrainSubset(valid_num=..., balanced=True, rand_seed=seed).valid_inds, transcribed."""
+    samples = [(line.split(" ")[0], int(line.split(" ")[1])) for line in main]
+    cls_to_idxes: dict[int, list[int]] = defaultdict(list)
+    for idx, entry in enumerate(samples):
+        cls_to_idxes[entry[1]].append(idx)
+    min_len = min(len(v) for v in cls_to_idxes.values())
+    sub_num = min(int(valid_num / len(cls_to_idxes)), min_len)
+    valid: list[int] = []
+    for cls in cls_to_idxes:
+        inds = cls_to_idxes[cls]
+        np.random.RandomState(seed).shuffle(inds)
+        valid += inds[:sub_num]
+    return [main[i] for i in valid]
+
+
+@pytest.mark.parametrize("seed", [1, 7])
+def test_sanity_and_fit_are_the_nac_authors_images(seed: int) -> None:
+    """A list whose classes are interleaved (labels in shuffled order, uneven class sizes): the
+    sanity and fit images are exactly those the authors' two official steps pick."""
+    rng = np.random.default_rng(0)
+    k = 5
+    labels = np.concatenate([np.full(n, c) for c, n in enumerate([31, 40, 25, 37, 29])])
+    rng.shuffle(labels)
+    lines = [f"img/{i:04d}.png {int(c)}\n" for i, c in enumerate(labels)]
+    items = [Item(f"img/{i:04d}.png", int(c), f"list:{i + 1}") for i, c in enumerate(labels)]
+    sanity_per_class, fit_per_class = 4, 6
+    sub, main = _authors_imglist_generator(list(lines), sanity_per_class * k, seed)
+    build = _authors_train_subset(main, fit_per_class * k, seed)
+    ours = partition(
+        items, k, seed=seed, sanity_per_class=sanity_per_class,
+        sizes={"fit": fit_per_class * k, "sanity": None, "train": None},
+    )  # fmt: skip
+    assert {i.path for i in ours["sanity"]} == {line.split(" ")[0] for line in sub}
+    assert {i.path for i in ours["fit"]} == {line.split(" ")[0] for line in build}
+    assert {i.path for i in ours["train"]} == {line.split(" ")[0] for line in main}
+
+
+def test_openood_cifar10_tree_writes_the_authors_sanity_and_fit(tmp_path: Path) -> None:
+    """On an OpenOOD-layout CIFAR-10 tree, splits/sanity.txt and splits/fit.txt hold exactly the
+    images the authors' generator and TrainSubset pick from train_cifar10.txt (seed 1)."""
+    cfg = shrink(load_benchmark("cifar10"), sanity=1, fit=20, train=None)  # 1 and 2 per class
+    data = tmp_path / "data"
+    build_tree(cfg, data, classes=range(10), per_class=5)
+    run = tmp_path / "splits"
+    load_splits(cfg, data, preprocess=small_preprocess("resnet18_32x32", cfg), splits_dir=run)
+    train_list = data / cfg.options["partition"]["list"]
+    lines = train_list.read_text().splitlines(keepends=True)
+    sub, main = _authors_imglist_generator(lines, 1 * 10, cfg.seed)
+    build = _authors_train_subset(main, 20, cfg.seed)
+
+    def paths(path: Path) -> set[str]:
+        text = path.read_text().splitlines()
+        return {line.split(" ")[0] for line in text if line and not line.startswith("#")}
+
+    assert cfg.seed == 1
+    assert paths(run / "sanity.txt") == {line.split(" ")[0] for line in sub}
+    assert paths(run / "fit.txt") == {line.split(" ")[0] for line in build}
