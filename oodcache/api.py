@@ -83,6 +83,17 @@ class Inputs:
                 for (t, e), z in self.odin.items()
             },
         )
+        shapes = {"labels": 1, "logits": 2, "features": 2}
+        for name, ndim in shapes.items():
+            a = getattr(self, name)
+            if a is not None and a.ndim != ndim:
+                raise ValueError(f"Inputs.{name} must have {ndim} dimension(s), got {a.shape}")
+        for key, pair in self.layers.items():
+            if any(a.ndim != 2 for a in pair) or pair[0].shape != pair[1].shape:
+                raise ValueError(
+                    f"Inputs.layers[{key!r}] must be two (N, C) arrays of one shape, got "
+                    f"{pair[0].shape} and {pair[1].shape}"
+                )
         sizes = {len(a) for a in self._arrays()}
         if len(sizes) > 1:
             raise ValueError(f"Inputs arrays have different numbers of rows: {sorted(sizes)}")
@@ -159,6 +170,15 @@ class Detector:
                 raise ValueError(f"{self.key} needs Inputs.{entry} ({role} inputs)")
             if entry in ("layers", "odin") and not getattr(x, entry):
                 raise ValueError(f"{self.key} needs Inputs.{entry} ({role} inputs)")
+        if (
+            self.weight.size
+            and x.features is not None
+            and x.features.shape[1] != self.weight.shape[1]
+        ):
+            raise ValueError(
+                f"{self.key}: Inputs.features has {x.features.shape[1]} columns but the head "
+                f"weight is {self.weight.shape} (K, D): features must be the head's input"
+            )
         n = x.n
         empty = np.zeros((n, 0), np.float32)
         empty.flags.writeable = False

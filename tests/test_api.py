@@ -85,6 +85,11 @@ def test_inputs_are_frozen_copies_and_accept_tensors() -> None:
         (lambda: oodcache.create("nope"), "unknown method 'nope'"),
         (lambda: oodcache.create("react", percentil=90), "unknown parameters ['percentil']"),
         (lambda: oodcache.Inputs(features=np.ones((3, 2)), logits=np.ones((4, 2))), "rows"),
+        (lambda: oodcache.Inputs(features=np.ones(3)), "Inputs.features must have 2"),
+        (lambda: oodcache.Inputs(layers={"l": (np.ones((3, 2)), np.ones((3, 4)))}), "layers['l']"),
+        (lambda: oodcache.create("energy").fit().score(oodcache.Inputs(logits="x")), "numpy"),
+        (lambda: oodcache.create("react", head=(np.ones((2, 5)), np.ones(2)))
+         .fit(id_val=oodcache.Inputs(features=np.ones((3, 4)))), "4 columns"),
         (lambda: oodcache.create("energy").score(oodcache.Inputs(logits=np.ones((2, 2)))),
          "call fit() before score()"),
     ],
