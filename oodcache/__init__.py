@@ -7,11 +7,11 @@ from typing import Any
 __version__ = "0.1.0"
 #: the library API (oodcache/api.py, docs/api.md), imported on first use: `import oodcache` stays
 #: light for the command line
-__all__ = ["Detector", "Inputs", "create", "methods", "__version__"]
+__all__ = ["Detector", "Inputs", "Prepared", "create", "methods", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Detector", "Inputs", "create", "methods"):
+    if name in ("Detector", "Inputs", "Prepared", "create", "methods"):
         from oodcache import api
 
         return getattr(api, name)

@@ -55,6 +55,46 @@ def test_api_scores_equal_the_cli_scores(
     assert det.params == params
 
 
+@pytest.mark.parametrize("key", sorted(scorers()))
+def test_prepared_inputs_score_as_plain_ones(key: str, toy_cache: Path) -> None:
+    """``det.prepare`` (the search's explicit precomputation) changes no score: equal bits, ViM up
+    to its float32 residual table; a second detector reuses the tables the first one built."""
+    cls = scorers()[key]
+    with Cache(toy_cache) as cache:
+        params = cls.official(load_inputs(cache, cls).info).params()
+        head = (np.array(cache.load("id_test").weight), np.array(cache.load("id_test").bias))
+        plain = {r: user_inputs(cache, r) for r in ("fit", "id_val", "train", "ood_val")}
+    det = oodcache.create(key, head=head, **params)
+    prepared = {r: det.prepare(x) for r, x in plain.items()}
+    want = det.fit(fit=plain["fit"], id_val=plain["id_val"], train=plain["train"])
+    want_scores = [want.score(plain[r]) for r in ("id_val", "ood_val")]
+    for _ in range(2):  # the second detector finds the tables the first one built
+        other = oodcache.create(key, head=head, **params)
+        other.fit(fit=prepared["fit"], id_val=prepared["id_val"], train=prepared["train"])
+        got = [other.score(prepared[r]) for r in ("id_val", "ood_val")]
+        for g, w in zip(got, want_scores, strict=True):
+            if key == "vim":
+                np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-5)
+            else:
+                np.testing.assert_array_equal(g, w)
+    tables = [prepared[r].split.tables for r in prepared]
+    assert all(t is not None for t in tables)
+    if key in ("react", "dice", "knn", "vim", "mahalanobis", "nac", "ash", "gradnorm", "line"):
+        assert sum(len(t) for t in tables if t is not None) > 0, "nothing was kept"
+
+
+def test_prepared_inputs_belong_to_one_head() -> None:
+    rng = np.random.default_rng(1)
+    h = np.abs(rng.normal(size=(30, 4))).astype(np.float32)
+    w, b = rng.normal(size=(3, 4)), np.zeros(3)
+    x = oodcache.create("react", head=(w, b)).prepare(oodcache.Inputs(features=h))
+    same = oodcache.create("react", head=(w.copy(), b.copy()), percentile=80)
+    assert same.fit(id_val=x).score(x).shape == (30,)
+    other = oodcache.create("react", head=(w + 1, b))
+    with pytest.raises(ValueError, match="prepared for another head"):
+        other.fit(id_val=x)
+
+
 def test_missing_parameters_take_the_official_defaults() -> None:
     rng = np.random.default_rng(0)
     h = np.abs(rng.normal(size=(40, 8))).astype(np.float32)
@@ -101,11 +141,13 @@ def test_errors_name_what_is_missing(call: object, message: str) -> None:
 
 
 def test_the_docs_example_runs() -> None:
-    """docs/api.md's example, run as written."""
+    """docs/api.md's examples, run as written, each block after the one before."""
     doc = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
-    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    blocks = [part.split("```", 1)[0] for part in doc.split("```python\n")[1:]]
+    assert len(blocks) >= 2
     namespace: dict[str, object] = {}
-    exec(compile(code, "docs/api.md", "exec"), namespace)  # noqa: S102 - our own docs
+    for code in blocks:
+        exec(compile(code, "docs/api.md", "exec"), namespace)  # noqa: S102 - our own docs
     s_id, s_ood = namespace["s_id"], namespace["s_ood"]
     assert isinstance(s_id, np.ndarray) and s_id.shape == (300,) and s_id.dtype == np.float32
     assert isinstance(s_ood, np.ndarray) and s_ood.shape == (300,)

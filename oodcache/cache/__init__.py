@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from oodcache.cache.reader import Cache, CacheError, LeakageError, Split
+from oodcache.cache.reader import Cache, CacheError, LeakageError, Split, Tables
 from oodcache.cache.schema import FORMAT, FORMAT_VERSION, ROLES, SEARCH_ROLES, TEST_ROLES
 from oodcache.cache.writer import CacheWriter
 
@@ -17,4 +17,5 @@ __all__ = [
     "CacheWriter",
     "LeakageError",
     "Split",
+    "Tables",
 ]

@@ -7,12 +7,14 @@ is not allowed (ID test, near- or far-OOD test) raises :class:`LeakageError`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Collection, Iterator
+import threading
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
@@ -22,6 +24,7 @@ from oodcache.cache import schema
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+T = TypeVar("T")
 
 
 class CacheError(ValueError):
@@ -35,6 +38,43 @@ class LeakageError(PermissionError):
 def _frozen(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
     return a
+
+
+class Tables:
+    """Arrays derived from one prepared split's own arrays (sort orders, sorted products, nearest
+    distances...), each computed by its first ``get`` and kept for the split's life.
+
+    A split owns one only after ``oodcache.search.ops.prepare``; entries are keyed by a tag that
+    names what was computed (tags of tables that also depend on another split's statistics carry
+    that split's ``Tables.serial``). Thread-safe: concurrent ``get`` calls of one tag compute it once.
+    """
+
+    _serials = itertools.count()
+
+    def __init__(self) -> None:
+        #: unique per store (a counter, never an object address)
+        self.serial = next(Tables._serials)
+        self._values: dict[str, Any] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, tag: str, compute: Callable[[], T]) -> T:
+        """The entry ``tag``, computed by ``compute()`` the first time."""
+        with self._guard:
+            lock = self._locks.setdefault(tag, threading.Lock())
+        with lock:
+            if tag not in self._values:
+                self._values[tag] = compute()
+            return self._values[tag]
+
+    def __contains__(self, tag: str) -> bool:
+        return tag in self._values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Tables(#{self.serial}: {sorted(self._values)})"
 
 
 @dataclass(frozen=True)
@@ -61,6 +101,13 @@ class Split:
     gradients: dict[str, FloatArray] = field(default_factory=dict)
     #: ODIN setting key (``T<T>_eps<ε>``) -> logits of the perturbed input, (N, K)
     odin: dict[str, FloatArray] = field(default_factory=dict)
+    #: parameter-independent tables derived from these arrays; None until the split is prepared
+    #: (``oodcache.search.ops.prepare``), after which the search reuses them across trials
+    tables: Tables | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def prepared(self) -> bool:
+        return self.tables is not None
 
     @property
     def n(self) -> int:

@@ -80,9 +80,18 @@ def score_split(
 ) -> np.ndarray:
     scorer = fitted(cache_path, method, params)
     with Cache(cache_path) as cache:
-        return scorer.score(
-            cache.load(split, layers="layers" in scorer.requires, odin="odin" in scorer.requires)
+        loaded = cache.load(
+            split, layers="layers" in scorer.requires, odin="odin" in scorer.requires
         )
+    if "train" in scorer.statistics and loaded.role in ("train", "fit"):
+        log.warning(
+            "%s: split %r (role %s) overlaps the ID-train statistics; its scores include "
+            "self-matches and are optimistic",
+            method,
+            split,
+            loaded.role,
+        )
+    return scorer.score(loaded)
 
 
 def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -58,18 +58,46 @@ N_BOOT = 1000
 # --- tables --------------------------------------------------------------------------------------
 
 
-def _splits(cache_path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, list]]:
-    """(cache meta, splits, split names by role) from ``scores/splits.json``."""
+@dataclass(frozen=True)
+class LoadedRun:
+    """One run folder's outputs, each file read once: ``scores/splits.json`` (cache facts and
+    splits), and per method ``best/<m>.json``, ``scores/<m>.npz`` and the Optuna study its best
+    record names (read-only; None when it is gone). Every table is a pure function of this."""
+
+    cache_path: Path
+    meta: dict[str, Any]
+    splits: dict[str, dict[str, Any]]
+    by_role: dict[str, list[str]]
+    methods: list[str]
+    best: dict[str, dict[str, Any]]
+    scores: dict[str, dict[str, np.ndarray]] = field(repr=False)
+    studies: dict[str, optuna.Study | None] = field(repr=False)
+
+
+def load_run(cache_path: Path, methods: Sequence[str] | None = None) -> LoadedRun:
+    """Read the outputs of ``methods`` (default: every searched method) beside ``cache_path``."""
+    methods = list(methods) if methods is not None else searched_methods(cache_path)
+    if not methods:
+        raise FileNotFoundError(
+            f"no tuned methods beside {cache_path}; run `oodcache search` first"
+        )
     data = json.loads((scores_dir(cache_path) / "splits.json").read_text())
     by_role: dict[str, list[str]] = {}
     for name, s in data["splits"].items():
         by_role.setdefault(s["role"], []).append(name)
-    return data["cache"], data["splits"], by_role
+    best = {m: load_best(cache_path, m) for m in methods}
+    scores = {}
+    for m in methods:
+        with np.load(scores_dir(cache_path) / f"{m}.npz") as npz:
+            scores[m] = {name: npz[name] for name in npz.files}
+    studies = {m: figs.load_study_readonly(cache_path, best[m]) for m in methods}
+    return LoadedRun(
+        cache_path, data["cache"], data["splits"], by_role, methods, best, scores, studies
+    )
 
 
 def results_table(
-    cache_path: Path,
-    methods: list[str],
+    run: LoadedRun,
     fpr_convention: str = "classic",
     *,
     n_boot: int = 0,
@@ -82,12 +110,11 @@ def results_table(
     a mean row's interval comes from the mean of its sets' replicates (one ID resample per
     replicate, shared by the sets; the same ``seed`` for every method, so resamples are paired).
     """
-    _, splits, by_role = _splits(cache_path)
+    splits, by_role = run.splits, run.by_role
     id_test = by_role["id_test"][0]
     rows: list[dict[str, Any]] = []
-    for method in methods:
-        scores = np.load(scores_dir(cache_path) / f"{method}.npz")
-        best = load_best(cache_path, method)
+    for method in run.methods:
+        scores, best = run.scores[method], run.best[method]
         common = {
             "method": method,
             "id_acc": 100 * splits[id_test]["top1"],
@@ -201,27 +228,21 @@ def detail_table(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def gap_table(
-    cache_path: Path,
-    methods: Sequence[str],
-    df: pd.DataFrame,
-    studies: dict[str, optuna.Study | None],
-) -> tuple[pd.DataFrame, list[str]]:
+def gap_table(run: LoadedRun, df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Validation-vs-test gap of the chosen parameters, per method (index), and notes.
 
     val AUROC: the study's objective for the chosen trial (ID val vs OOD val); defaults val AUROC:
     the official defaults' trial; ID-test vs OOD-val: the same OOD-val set against ID test;
     test AUROC: unweighted mean over every OOD test set; val − test: the gap (flagged > GAP_WARN).
     """
-    _, _, by_role = _splits(cache_path)
+    by_role = run.by_role
     id_test, id_val = by_role["id_test"][0], by_role["id_val"][0]
     ood_val = by_role.get("ood_val", [None])[0]
     rows, mismatched = [], []
-    for method in methods:
-        best = load_best(cache_path, method)
-        scores = np.load(scores_dir(cache_path) / f"{method}.npz")
+    for method in run.methods:
+        best, scores = run.best[method], run.scores[method]
         val = 100 * float(best["value"])
-        study = studies.get(method)
+        study = run.studies.get(method)
         default = figs.default_trial(study) if study is not None else None
         default_auroc = figs.trial_auroc(default) if default is not None else None
         default_val = np.nan if default_auroc is None else 100 * default_auroc
@@ -272,10 +293,10 @@ def _short_json(params: Any) -> str:
     return json.dumps(_short(params))
 
 
-def params_table(cache_path: Path, methods: Sequence[str]) -> pd.DataFrame:
+def params_table(run: LoadedRun) -> pd.DataFrame:
     rows = []
-    for method in methods:
-        best = load_best(cache_path, method)
+    for method in run.methods:
+        best = run.best[method]
         rows.append(
             {
                 "method": method,
@@ -293,40 +314,42 @@ def params_table(cache_path: Path, methods: Sequence[str]) -> pd.DataFrame:
 # --- one cache -----------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunResult:
-    """Everything the report shows about one cache (one checkpoint)."""
+    """Everything the report shows about one cache (one checkpoint): the loaded run and the
+    tables computed from it."""
 
-    cache_path: Path
-    meta: dict[str, Any]
-    splits: dict[str, dict[str, Any]]
-    methods: list[str]
+    run: LoadedRun
     df: pd.DataFrame
     gap: pd.DataFrame
     gap_notes: list[str]
     order: list[str]  # methods, best far (else near) AUROC first
-    studies: dict[str, optuna.Study | None] = field(repr=False)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.run.cache_path
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.run.meta
+
+    @property
+    def methods(self) -> list[str]:
+        return self.run.methods
 
 
 def analyse(
-    cache_path: Path,
+    run: LoadedRun,
     *,
     fpr_convention: str = "classic",
     n_boot: int = N_BOOT,
     seed: int = 0,
     level: float = 0.95,
 ) -> RunResult:
-    methods = searched_methods(cache_path)
-    if not methods:
-        raise FileNotFoundError(
-            f"no tuned methods beside {cache_path}; run `oodcache search` first"
-        )
-    meta, splits, _ = _splits(cache_path)
-    df = results_table(cache_path, methods, fpr_convention, n_boot=n_boot, seed=seed, level=level)
-    studies = {m: figs.load_study_readonly(cache_path, load_best(cache_path, m)) for m in methods}
-    gap, gap_notes = gap_table(cache_path, methods, df, studies)
-    order = list(summary_table(df).index)
-    return RunResult(cache_path, meta, splits, methods, df, gap, gap_notes, order, studies)
+    """The report's tables of ``run`` (pure: reads nothing more from disk)."""
+    df = results_table(run, fpr_convention, n_boot=n_boot, seed=seed, level=level)
+    gap, gap_notes = gap_table(run, df)
+    return RunResult(run, df, gap, gap_notes, list(summary_table(df).index))
 
 
 def _intro(meta: dict[str, Any], fpr_convention: str) -> Para:
@@ -404,21 +427,19 @@ def _latex(
     )
 
 
-def _figure_blocks(run: RunResult, out: Path) -> list[Any]:
+def _figure_blocks(result: RunResult, out: Path) -> list[Any]:
     fig_dir = out / "figures"
     if fig_dir.is_dir():
         for old in fig_dir.glob("*.png"):
             old.unlink()
-    _, _, by_role = _splits(run.cache_path)
-    id_test = by_role["id_test"][0]
-    ood = [(n, g) for g in ("near", "far") for n in by_role.get(g, [])]
-    scores = {m: dict(np.load(scores_dir(run.cache_path) / f"{m}.npz")) for m in run.order}
+    run, order = result.run, result.order
+    id_test = run.by_role["id_test"][0]
+    ood = [(n, g) for g in ("near", "far") for n in run.by_role.get(g, [])]
+    scores = {m: run.scores[m] for m in order}
     roc = figs.roc_figures(scores, id_test, ood, fig_dir)
     hist = figs.histogram_figures(scores, id_test, ood, fig_dir)
     study_figs = figs.study_figures(
-        {m: run.studies[m] for m in run.order},
-        fig_dir,
-        bests={m: load_best(run.cache_path, m) for m in run.order},
+        {m: run.studies[m] for m in order}, fig_dir, bests={m: run.best[m] for m in order}
     )
     blocks: list[Any] = [
         Heading("Figures"),
@@ -430,8 +451,7 @@ def _figure_blocks(run: RunResult, out: Path) -> list[Any]:
         Heading("Score histograms", 3),
         Figures(
             tuple(
-                (f"{m}: ID test vs OOD test scores", p)
-                for m, p in zip(run.order, hist, strict=True)
+                (f"{m}: ID test vs OOD test scores", p) for m, p in zip(order, hist, strict=True)
             ),
             columns=1 if len(ood) > 2 else 2,
         ),
@@ -439,13 +459,13 @@ def _figure_blocks(run: RunResult, out: Path) -> list[Any]:
     ]
     history = tuple(
         (f"{m}: val AUROC per trial", study_figs[m]["history"])
-        for m in run.order
+        for m in order
         if "history" in study_figs.get(m, {})
     )
-    no_study = [m for m in run.order if run.studies.get(m) is None]
+    no_study = [m for m in order if run.studies.get(m) is None]
     single = [
         m
-        for m in run.order
+        for m in order
         if run.studies.get(m) is not None and "history" not in study_figs.get(m, {})
     ]
     note = " ".join(
@@ -462,7 +482,7 @@ def _figure_blocks(run: RunResult, out: Path) -> list[Any]:
     blocks.append(Heading("Parameter importances", 3))
     importance = tuple(
         (f"{m}: fANOVA importances", study_figs[m]["importance"])
-        for m in run.order
+        for m in order
         if "importance" in study_figs.get(m, {})
     )
     blocks.append(
@@ -532,7 +552,7 @@ def build_report(
     ``n_boot`` bootstrap resamples (0: no intervals) from ``seed`` give ``level`` intervals.
     """
     md, out, _ = _report_one(
-        cache_path,
+        load_run(cache_path),
         fpr_convention=fpr_convention,
         n_boot=n_boot,
         seed=seed,
@@ -543,7 +563,7 @@ def build_report(
 
 
 def _report_one(
-    cache_path: Path,
+    loaded: LoadedRun,
     *,
     fpr_convention: str,
     n_boot: int,
@@ -551,7 +571,8 @@ def _report_one(
     level: float,
     figures: bool,
 ) -> tuple[str, Path, RunResult]:
-    run = analyse(cache_path, fpr_convention=fpr_convention, n_boot=n_boot, seed=seed, level=level)
+    run = analyse(loaded, fpr_convention=fpr_convention, n_boot=n_boot, seed=seed, level=level)
+    cache_path = loaded.cache_path
     out = report_dir(cache_path)
     out.mkdir(parents=True, exist_ok=True)
     meta, df = run.meta, run.df
@@ -588,13 +609,13 @@ def _report_one(
         Table(detail),
     )
     doc.add(*_gap_blocks(run.gap, run.gap_notes))
-    doc.add(*_published_blocks([df], run.splits, meta, fpr_convention))
+    doc.add(*_published_blocks([df], loaded.splits, meta, fpr_convention))
     doc.add(
         Heading("Tuned parameters"),
         Para(
             "Floats to 4 significant digits; full values in `best/<method>.json` and results.csv."
         ),
-        Table(params_table(cache_path, run.methods)),
+        Table(params_table(loaded)),
     )
     if figures:
         doc.add(*_figure_blocks(run, out))
@@ -680,7 +701,8 @@ def build_checkpoint_report(
             "each checkpoint needs its own run folder (best/, scores/ and report/ live beside "
             f"the cache): {[str(p) for p in caches]}"
         )
-    metas = [_splits(c)[0] for c in caches]
+    loaded = [load_run(c) for c in caches]
+    metas = [r.meta for r in loaded]
     kinds = {(m["benchmark"], m["arch"]) for m in metas}
     if len(kinds) > 1:
         raise ValueError(f"checkpoints of different benchmarks or archs: {sorted(kinds)}")
@@ -689,14 +711,14 @@ def build_checkpoint_report(
         raise ValueError(f"the same cache twice (fingerprints {prints})")
     runs = [
         _report_one(
-            cache,
+            r,
             fpr_convention=fpr_convention,
             n_boot=n_boot,
             seed=seed,
             level=level,
             figures=figures,
         )[2]
-        for cache in caches
+        for r in loaded
     ]
     meta = runs[0].meta
     methods = [m for m in runs[0].methods if all(m in r.methods for r in runs)]
@@ -745,7 +767,7 @@ def build_checkpoint_report(
             "method": methods,
             **{
                 f"checkpoint {i + 1}": [
-                    f"`{_short_json(load_best(r.cache_path, m)['params'])}`" for m in methods
+                    f"`{_short_json(r.run.best[m]['params'])}`" for m in methods
                 ]
                 for i, r in enumerate(runs)
             },
@@ -801,7 +823,7 @@ def build_checkpoint_report(
         ),
     )
     doc.add(*_gap_blocks(gap, [note for r in runs for note in r.gap_notes]))
-    doc.add(*_published_blocks(tables, runs[0].splits, meta, fpr_convention))
+    doc.add(*_published_blocks(tables, runs[0].run.splits, meta, fpr_convention))
     doc.add(Heading("Tuned parameters"), Table(params))
 
     def value(m: str, c: str, k: str) -> str:

@@ -1,16 +1,16 @@
 """Neuron activation coverage (NAC-UE) primitives and their exact fast engine.
 
-The definition's pieces: the symmetric log-spaced bin edges, states ẑ = σ(α·o·g) in float32,
-bins, raw counts. Efficiency (same bins and counts as the definition, scores up to float64 summation order;
-docs/methods.md §2.5): the products p = o·g of a (split, layer) are flattened and sorted once,
-memoised on the identity of the split's read-only arrays (tuning splits only: test splits are
-scored once, by replay, where the direct path is cheaper). σ(α·p) rises with p, so each edge e_k
-has a float32 p-band outside which ẑ ≥ e_k is certain (the float32 sigmoid is within STATE_RTOL
-of the exact one, though not exactly monotone); states inside a band are computed with the
-definition's float32 arithmetic. Bins are then runs of the sorted products: counts are one
-bincount, scores a gather from min(C, O) and a bincount per sample; no sigmoid of every state,
-no per-state search, no one-hot tensor. Products that are not all finite, α outside (0, float32
-max) or overlapping bands take the direct path.
+The definition's pieces: the symmetric log-spaced bin edges, states ẑ = σ(α·o·g) in float32, bins,
+raw counts. Efficiency (same bins and counts as the definition, scores up to float64 summation
+order; docs/methods.md §2.5): the products p = o·g of a (split, layer) are flattened and sorted
+once and kept on the prepared split (``oodcache.search.ops.prepare``; the search prepares its
+tuning splits, test splits are scored once, by replay, where the direct path is cheaper). σ(α·p)
+rises with p, so each edge e_k has a float32 p-band outside which ẑ ≥ e_k is certain (the float32
+sigmoid is within STATE_RTOL of the exact one, though not exactly monotone); states inside a band
+are computed with the definition's float32 arithmetic. Bins are then runs of the sorted products:
+counts are one bincount, scores a gather from min(C, O) and a bincount per sample; no sigmoid of
+every state, no per-state search, no one-hot tensor. Products that are not all finite, α outside
+(0, float32 max) or overlapping bands take the direct path.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import functools
 import os
 import sys
 import threading
-import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from oodcache.cache import Split
 
 #: Bound on |σ₃₂(t) − σ(t)| / σ(t), where σ₃₂ is the definition's float32 1/(1 + exp(−t)) and σ the
 #: exact sigmoid of the same float32 t. Measured maximum 2.5e-7 (3.7 ulp) over every float32 t in
@@ -39,8 +39,6 @@ _WIDEN = 2.0**-20
 _CHUNK = 1 << 17
 #: Longest band whose states are computed in one vectorised pass (longer ones go by slices).
 _PIECE = 1 << 16
-#: (split, layer) pairs whose sorted products are memoised (4 layers × 4 tuning splits, twice).
-_MEMO_SIZE = 32
 
 
 def bin_edges(m: int) -> np.ndarray:
@@ -169,44 +167,19 @@ def sort_products(activation: np.ndarray, gradient: np.ndarray) -> SortedProduct
     return SortedProducts(values, row, col, n, c)
 
 
-_MemoEntry = tuple["weakref.ref[np.ndarray]", "weakref.ref[np.ndarray]", SortedProducts | None]
-_MEMO: OrderedDict[tuple[int, int], _MemoEntry] = OrderedDict()
-_MEMO_LOCK = threading.RLock()
+def sorted_products(split: Split, layer: str) -> SortedProducts | None:
+    """``sort_products`` of one layer of a prepared split, kept in its tables (a study sorts each
+    tuning split's layers once); None for an unprepared split, which takes the direct path (a test
+    split is scored once, where a sort costs more than it saves)."""
+    if split.tables is None:
+        return None
+    return split.tables.get(
+        f"nac sorted products {layer}",
+        lambda: sort_products(split.activations[layer], split.gradients[layer]),
+    )
 
 
-def _forget(key: tuple[int, int]) -> None:
-    with _MEMO_LOCK:
-        entry = _MEMO.get(key)
-        if entry is not None and (entry[0]() is None or entry[1]() is None):
-            del _MEMO[key]
-
-
-def sorted_products(activation: np.ndarray, gradient: np.ndarray) -> SortedProducts | None:
-    """``sort_products``, memoised for read-only arrays (the cache reader's) on their identity,
-    so a study sorts each (split, layer) once. Writable arrays are sorted on every call."""
-    if activation.flags.writeable or gradient.flags.writeable:
-        return sort_products(activation, gradient)
-    key = (id(activation), id(gradient))
-    with _MEMO_LOCK:
-        entry = _MEMO.get(key)
-        if entry is not None and entry[0]() is activation and entry[1]() is gradient:
-            _MEMO.move_to_end(key)
-            return entry[2]
-    value = sort_products(activation, gradient)
-    drop = lambda _ref: _forget(key)  # noqa: E731 - runs when either array is freed
-    with _MEMO_LOCK:
-        _MEMO[key] = (weakref.ref(activation, drop), weakref.ref(gradient, drop), value)
-        while len(_MEMO) > _MEMO_SIZE:
-            _MEMO.popitem(last=False)
-    return value
-
-
-def clear_memo() -> None:
-    """Forget every memoised sort (benchmarks use it to time a cold start)."""
-    with _MEMO_LOCK:
-        _MEMO.clear()
-
-
+_POOL_LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
 _IN_POOL = threading.local()
 
@@ -226,7 +199,7 @@ def parallel_map(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
     global _POOL
     if len(items) < 2 or _workers() < 2 or getattr(_IN_POOL, "busy", False):
         return [fn(item) for item in items]  # nested calls run inline: no worker waits on another
-    with _MEMO_LOCK:
+    with _POOL_LOCK:
         if _POOL is None:
             _POOL = ThreadPoolExecutor(_workers(), thread_name_prefix="nac")
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import weakref
+import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+from oodcache.cache import Split, Tables
 
 FloatArray = npt.NDArray[np.float32]
 T = TypeVar("T")
@@ -55,14 +57,39 @@ def max_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return np.asarray(1.0 / total)
 
 
-#: read-only arrays with at least this many entries get their percentiles from a sorted copy
-SORTED_MIN_SIZE = 2**16
+def prepare(split: Split) -> Split:
+    """``split`` with a fresh :class:`~oodcache.cache.Tables` store and read-only views of its
+    arrays: the explicit step after which parameter-independent work (sort orders, sorted
+    products, KNN tables, ViM residual norms, head logits) is done once and reused by every
+    trial. The search prepares each split it tunes on; an unprepared split (a test split scored
+    once) computes what it needs on every call, with the same results. The arrays of a prepared
+    split must not change (its views are read-only; the cache reader's arrays already are)."""
+
+    def frozen(a: np.ndarray) -> np.ndarray:
+        v = a.view()
+        v.flags.writeable = False
+        return v
+
+    return dataclasses.replace(
+        split,
+        labels=frozen(split.labels),
+        logits=frozen(split.logits),
+        features=frozen(split.features),
+        weight=frozen(split.weight),
+        bias=frozen(split.bias),
+        activations={k: frozen(a) for k, a in split.activations.items()},
+        gradients={k: frozen(a) for k, a in split.gradients.items()},
+        odin={k: frozen(a) for k, a in split.odin.items()},
+        tables=Tables(),
+    )
 
 
-def sorted_entries(values: np.ndarray) -> np.ndarray:
-    """Every entry of ``values``, sorted ascending; memoised for read-only arrays, so that one
-    sort serves the percentiles of every later trial."""
-    return memo("sorted_entries", (values,), lambda: np.sort(values, axis=None))
+def derive(split: Split, tag: str, compute: Callable[[], T]) -> T:
+    """``compute()``: once per prepared split (kept in ``split.tables`` under ``tag``), on every
+    call for an unprepared one."""
+    if split.tables is None:
+        return compute()
+    return split.tables.get(tag, compute)
 
 
 def percentile_of_sorted(ordered: np.ndarray, q: float) -> float:
@@ -80,18 +107,31 @@ def percentile_of_sorted(ordered: np.ndarray, q: float) -> float:
     return float(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma)
 
 
-def percentile(values: np.ndarray, q: float) -> float:
-    """q-th percentile (0–100) of the flattened array, linear interpolation (numpy's default).
-
-    Large read-only arrays (the cache's) are sorted once (``sorted_entries``) and later calls
-    read two order statistics; the value is the same as ``np.percentile`` either way.
-    """
+def _check_q(q: float) -> None:
     if not 0.0 <= q <= 100.0:
         raise ValueError(f"percentile must lie in [0, 100], got {q}")
-    values = np.asarray(values)
-    if values.flags.writeable or values.size < SORTED_MIN_SIZE:
-        return float(np.percentile(values.ravel(), q))
-    return percentile_of_sorted(sorted_entries(values), q)
+
+
+def percentile(values: np.ndarray, q: float) -> float:
+    """q-th percentile (0–100) of the flattened array, linear interpolation (numpy's default)."""
+    _check_q(q)
+    return float(np.percentile(np.asarray(values).ravel(), q))
+
+
+def split_percentile(split: Split, tag: str, values: Callable[[], np.ndarray], q: float) -> float:
+    """``percentile(values(), q)`` for an array derived from ``split`` (its features, DICE's
+    contributions...). On a prepared split the entries are sorted once (kept under
+    ``"sorted " + tag``) and each later q reads two order statistics: equal bit for bit."""
+    _check_q(q)
+    if split.tables is None:
+        return percentile(values(), q)
+    ordered = split.tables.get("sorted " + tag, lambda: np.sort(values(), axis=None))
+    return percentile_of_sorted(ordered, q)
+
+
+def feature_percentile(split: Split, q: float) -> float:
+    """q-th percentile of every entry of ``split.features`` (ReAct's c and its relatives)."""
+    return split_percentile(split, "features", lambda: split.features, q)
 
 
 def as_score(x: np.ndarray) -> FloatArray:
@@ -135,27 +175,32 @@ def ash_kept(dim: int, percentile: float) -> int:
 
 def descending_order(h: np.ndarray) -> np.ndarray:
     """Per row of h (N, D), the unit indices by descending value, ties by ascending index (a stable
-    sort of −h); int16 where D allows. Memoised for read-only arrays: ASH's top-k for every k."""
-
-    def compute() -> np.ndarray:
-        dtype = np.int16 if h.shape[1] <= np.iinfo(np.int16).max else np.int32
-        order = np.empty(h.shape, dtype)
-        for rows in row_chunks(len(h), 16 * h.shape[1]):
-            order[rows] = np.argsort(-h[rows], axis=1, kind="stable")
-        return readonly(order)
-
-    return memo("descending_order", (h,), compute)
+    sort of −h); int16 where D allows. ASH's top-k for every k: the first k of each row."""
+    dtype = np.int16 if h.shape[1] <= np.iinfo(np.int16).max else np.int32
+    order = np.empty(h.shape, dtype)
+    for rows in row_chunks(len(h), 16 * h.shape[1]):
+        order[rows] = np.argsort(-h[rows], axis=1, kind="stable")
+    return readonly(order)
 
 
-def ash_mask(h: np.ndarray, k: int) -> np.ndarray:
+def feature_order(split: Split) -> np.ndarray | None:
+    """``descending_order(split.features)`` kept in a prepared split's tables (a search split is
+    ranked once for every ASH percentile); None for an unprepared split (one partition per call
+    is cheaper than a full sort)."""
+    if split.tables is None:
+        return None
+    return split.tables.get("features descending order", lambda: descending_order(split.features))
+
+
+def ash_mask(h: np.ndarray, k: int, order: np.ndarray | None = None) -> np.ndarray:
     """Boolean (N, D) mask of each row's k largest entries; ties at the k-th value go to the lower
-    unit index (deterministic; ties are common after ReAct clipping). A read-only h (the cache's)
-    is ranked once (``descending_order``) and every k reads the first k of each row's order;
-    otherwise one partition per call. Both give the same mask (tests/methods/test_ash.py)."""
+    unit index (deterministic; ties are common after ReAct clipping). With ``order`` =
+    ``descending_order(h)`` the mask is its first k columns; otherwise one partition. Both give
+    the same mask (tests/methods/test_ash.py)."""
     d = h.shape[1]
-    if not h.flags.writeable:
+    if order is not None:
         mask = np.zeros(h.shape, bool)
-        np.put_along_axis(mask, descending_order(h)[:, :k].astype(np.intp), True, axis=1)
+        np.put_along_axis(mask, order[:, :k].astype(np.intp), True, axis=1)
         return mask
     kth = np.partition(h, d - k, axis=1)[:, d - k : d - k + 1]  # the k-th largest value per row
     mask = h >= kth
@@ -169,12 +214,18 @@ def ash_mask(h: np.ndarray, k: int) -> np.ndarray:
 
 
 def ash_shape(
-    h: np.ndarray, percentile: float, variant: str, *, rank: np.ndarray | None = None
+    h: np.ndarray,
+    percentile: float,
+    variant: str,
+    *,
+    rank: np.ndarray | None = None,
+    order: np.ndarray | None = None,
 ) -> np.ndarray:
     """ASH shaping of each row of h (N, D), keeping k = ``ash_kept(D, p)`` units (``ash_mask``).
 
     The kept units are the k largest of ``rank`` (default h; ReAct + ASH passes the unclipped
-    features, so that ties at the clipping threshold go to the larger raw activation).
+    features, so that ties at the clipping threshold go to the larger raw activation);
+    ``order`` = ``descending_order(rank)``, when given, saves the ranking (``feature_order``).
 
     P: keep the k largest entries, zero the rest. B: s1/k on kept positions (s1 = Σ_j h_j).
     S: kept entries times exp(s1/s2), s2 = Σ of the kept entries (exp(0) where s2 = 0, which
@@ -185,7 +236,7 @@ def ash_shape(
     if variant not in ("P", "B", "S"):
         raise ValueError(f"unknown ASH variant {variant!r}; choose from 'P', 'B', 'S'")
     k = ash_kept(h.shape[1], percentile)
-    mask = ash_mask(h if rank is None else rank, k)
+    mask = ash_mask(h if rank is None else rank, k, order)
     kept = np.where(mask, h, np.zeros_like(h))
     if variant == "P":
         return kept
@@ -197,56 +248,38 @@ def ash_shape(
     return np.asarray(kept * np.exp(ratio).astype(h.dtype))
 
 
-def dice_contribution(weight: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """DICE's V[k, j] = μ_j·W[k, j] (K, D), float64; memoised for read-only inputs."""
-    return memo(
-        "dice_contribution",
-        (weight, mean),
+def dice_weight(split: Split, mean: np.ndarray, p: float) -> np.ndarray:
+    """DICE's masked weight W ⊙ M of ``split``'s head, M = 1[V > perc_p(V)], V[k, j] = μ_j·W[k, j]
+    (signed, one percentile over all K·D entries, strict >), μ = ``mean`` (the same split's
+    feature mean). Keeps W's dtype. V and its sorted entries are kept on a prepared split."""
+    weight = split.weight
+    contrib = derive(
+        split,
+        "dice contribution",
         lambda: readonly(np.asarray(mean, np.float64)[None, :] * weight),
     )
-
-
-def dice_weight(weight: np.ndarray, mean: np.ndarray, p: float) -> np.ndarray:
-    """DICE's masked weight W ⊙ M, M = 1[V > perc_p(V)], V[k, j] = μ_j·W[k, j] (signed, one
-    percentile over all K·D entries, strict >). Keeps W's dtype."""
-    contrib = dice_contribution(weight, mean)
-    mask = contrib > percentile(contrib, p)
+    mask = contrib > split_percentile(split, "dice contribution", lambda: contrib, p)
     return np.where(mask, weight, np.zeros_like(weight))
 
 
+def feature_mean(split: Split) -> np.ndarray:
+    """μ = mean of ``split.features`` over rows, float64 (kept on a prepared split)."""
+    return derive(
+        split, "feature mean", lambda: readonly(split.features.mean(axis=0, dtype=np.float64))
+    )
+
+
 def readonly(a: np.ndarray) -> np.ndarray:
-    """``a`` flagged read-only (so that results memoised on it can be memoised in turn)."""
+    """``a`` flagged read-only (a table kept on a prepared split is never changed in place)."""
     a.flags.writeable = False
     return a
 
 
-def head_logits(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """f = h·Wᵀ + b (N, K) in float32, memoised per read-only arrays: the logits of the cached
-    features, for scorers that reuse them unchanged in every trial (GradNorm, ViM)."""
-    return memo(
-        "head_logits",
-        (features, weight, bias),
-        lambda: readonly(np.asarray(features @ weight.T + bias, np.float32)),
+def head_logits(split: Split) -> np.ndarray:
+    """f = h·Wᵀ + b (N, K) in float32 of ``split``'s cached features (kept on a prepared split),
+    for scorers that reuse them unchanged in every trial (GradNorm, ViM)."""
+    return derive(
+        split,
+        "head logits",
+        lambda: readonly(np.asarray(split.features @ split.weight.T + split.bias, np.float32)),
     )
-
-
-_MEMO: dict[tuple[str, tuple[int, ...]], tuple[tuple[weakref.ref[np.ndarray], ...], Any]] = {}
-
-
-def memo(tag: str, arrays: tuple[np.ndarray, ...], compute: Callable[[], T]) -> T:
-    """``compute()`` once per (tag, these very arrays), for statistics that every trial refits.
-
-    Only read-only arrays (what the cache reader returns) are memoised, keyed by identity; an
-    entry is dropped when one of its arrays is freed. Writable arrays always recompute.
-    """
-    if any(a.flags.writeable for a in arrays):
-        return compute()
-    key = (tag, tuple(id(a) for a in arrays))
-    hit = _MEMO.get(key)
-    if hit is not None and all(ref() is a for ref, a in zip(hit[0], arrays, strict=True)):
-        return cast(T, hit[1])
-    value = compute()
-    _MEMO[key] = (tuple(weakref.ref(a) for a in arrays), value)
-    for a in arrays:
-        weakref.finalize(a, _MEMO.pop, key, None)
-    return value

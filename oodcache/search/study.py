@@ -23,6 +23,7 @@ from oodcache.config import best_dir, studies_dir
 from oodcache.faultpoints import faultpoint
 from oodcache.metrics import auroc, fpr_at_95
 from oodcache.search.base import CacheInfo, Scorer, Stats, get_scorer
+from oodcache.search.ops import prepare
 from oodcache.search.recovery import WORKER_ATTR, recover_stale_trials, worker_id
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class StudyMismatchError(RuntimeError):
 
 @dataclass(frozen=True)
 class SearchInputs:
-    """Everything a study reads: cache facts and the tuning splits (never a test split)."""
+    """Everything a study reads: cache facts and the tuning splits (never a test split), each
+    prepared (``ops.prepare``) so that parameter-independent work is done once per study."""
 
     info: CacheInfo
     stats: Stats
@@ -77,8 +79,8 @@ def load_inputs(cache: Cache, scorer: type[Scorer]) -> SearchInputs:
             scorer.key,
             fit_name,
         )
-    fit = cache.load(fit_name, layers=layers, odin=odin)
-    id_val = cache.load(val_name, layers=layers, odin=odin)
+    fit = prepare(cache.load(fit_name, layers=layers, odin=odin))
+    id_val = prepare(cache.load(val_name, layers=layers, odin=odin))
     info = CacheInfo(
         arch=cache.arch,
         benchmark=cache.benchmark,
@@ -93,11 +95,11 @@ def load_inputs(cache: Cache, scorer: type[Scorer]) -> SearchInputs:
         stats=Stats(
             fit=fit,
             id_val=id_val,
-            train_split=cache.load(train_name, layers=False) if train_name else None,
+            train_split=prepare(cache.load(train_name, layers=False)) if train_name else None,
         ),
         id_val=id_val,
-        ood_val=cache.load(ood_name, layers=layers, odin=odin),
-        sanity=cache.load(sanity_name, layers=layers, odin=odin) if sanity_name else None,
+        ood_val=prepare(cache.load(ood_name, layers=layers, odin=odin)),
+        sanity=prepare(cache.load(sanity_name, layers=layers, odin=odin)) if sanity_name else None,
     )
 
 

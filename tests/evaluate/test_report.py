@@ -21,6 +21,7 @@ from oodcache.evaluate.report import (
     aggregate_checkpoints,
     build_checkpoint_report,
     build_report,
+    load_run,
     results_table,
 )
 from oodcache.metrics import auroc
@@ -179,7 +180,7 @@ def test_intervals_and_figures_can_be_switched_off(cifar_run: Path) -> None:
 
 
 def test_results_table_keeps_its_first_behaviour(cifar_run: Path) -> None:
-    df = results_table(cifar_run, ["msp"])
+    df = results_table(load_run(cifar_run, ["msp"]))
     assert list(df.columns) == [
         "method",
         "id_acc",
@@ -211,7 +212,7 @@ def test_gap_flags_parameters_that_fit_the_validation_set(cifar_run: Path) -> No
 
 
 def test_published_numbers_side_by_side(cifar_run: Path) -> None:
-    df = results_table(cifar_run, list(METHODS))
+    df = results_table(load_run(cifar_run, METHODS))
     splits = json.loads((cifar_run.parent / "scores" / "splits.json").read_text())["splits"]
     table, notes = compare([df], splits, "cifar10", "resnet18_32x32", "classic")
     nac_near = table[
@@ -241,7 +242,7 @@ def test_published_classic_benchmark_matches_by_dataset_name(tmp_path: Path) -> 
         ood=CLASSIC_SPLITS,
         methods={"msp": (1.0, 1.0, 0), "ash": (1.0, 1.0, 1)},
     )
-    df = results_table(cache, ["msp", "ash"])
+    df = results_table(load_run(cache, ["msp", "ash"]))
     splits = json.loads((cache.parent / "scores" / "splits.json").read_text())["splits"]
     table, _ = compare([df], splits, "imagenet_classic", "resnet50", "classic")
     msp = table[table["method"] == "msp"]
@@ -324,7 +325,7 @@ def test_checkpoint_report_mean_std(tmp_path: Path) -> None:
     assert out == tmp_path / "report_mean"
     assert "mean ± std over 3 checkpoints" in md
     agg = pd.read_csv(out / "results.csv")
-    per = [results_table(c, list(METHODS)) for c in caches]
+    per = [results_table(load_run(c, METHODS)) for c in caches]
     row = agg[(agg["method"] == "nac") & (agg["ood"] == "far mean")].iloc[0]
     values = [p[(p["method"] == "nac") & (p["ood"] == "far mean")]["auroc"].iloc[0] for p in per]
     assert row["auroc"] == pytest.approx(np.mean(values))

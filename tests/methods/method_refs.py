@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from oodcache.cache import Split
+from oodcache.search.ops import prepare
 
 
 def make_split(
@@ -17,17 +18,15 @@ def make_split(
     *,
     name: str = "s",
     role: str = "id_val",
-    frozen: bool = False,
+    prepared: bool = False,
 ) -> Split:
-    """A split like the cache's: logits = h @ Wᵀ + b in float32; ``frozen`` makes its arrays
-    read-only, as the cache reader's are (that switches on the memoised fast paths)."""
+    """A split like the cache's: logits = h @ Wᵀ + b in float32; ``prepared`` prepares it as the
+    search does (``ops.prepare``: parameter-independent tables kept across fits and scores)."""
     h, w, b = (np.array(x, np.float32) for x in (h, w, b))
     logits = np.asarray(h @ w.T + b, np.float32)
     y = np.zeros(len(h), np.int64) if labels is None else np.array(labels, np.int64)
-    if frozen:
-        for a in (h, w, b, logits, y):
-            a.flags.writeable = False
-    return Split(name, role, name, y, logits, h, w, b)
+    split = Split(name, role, name, y, logits, h, w, b)
+    return prepare(split) if prepared else split
 
 
 def perc(values: list[float], q: float) -> float:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import gc
-
 import numpy as np
 import pytest
 from optuna.trial import FixedTrial
 
 from oodcache.cache import Split
-from oodcache.search import ops
 from oodcache.search.base import CacheInfo, Stats
 from oodcache.search.methods import knn
 from oodcache.search.methods.knn import KNN
+from oodcache.search.ops import prepare
 
 
 def make_split(h: object, *, name: str = "s", role: str = "id_val") -> Split:
@@ -101,12 +99,10 @@ def test_bank_is_the_train_split() -> None:
     np.testing.assert_allclose(fallback, knn_loop(fit.features, query.features, 3), atol=1e-5)
 
 
-def test_scoring_the_bank_warns(caplog: pytest.LogCaptureFixture) -> None:
+def test_scoring_the_bank_finds_each_sample_itself() -> None:
+    """Why ``oodcache score`` warns before scoring a train/fit split with KNN: self-matches."""
     bank = make_split(np.random.default_rng(4).normal(size=(10, 3)), name="train", role="train")
-    scorer = KNN(k=1).fit(stats_for(bank))
-    with caplog.at_level("WARNING", logger=knn.__name__):
-        got = scorer.score(bank)
-    assert "self-matches" in caplog.text
+    got = KNN(k=1).fit(stats_for(bank)).score(bank)
     np.testing.assert_allclose(got, 0.0, atol=1e-5)  # K = 1 finds the sample itself
 
 
@@ -116,18 +112,14 @@ def test_k_larger_than_bank() -> None:
         KNN(k=5).fit(stats_for(bank))
 
 
-def test_bank_memoised_per_read_only_array() -> None:
+def test_bank_kept_on_a_prepared_split_only() -> None:
     h = np.random.default_rng(5).normal(size=(8, 3)).astype(np.float32)
-    writable = make_split(h.copy(), name="train", role="train")
-    assert KNN(k=2).fit(stats_for(writable)).bank_ is not KNN(k=2).fit(stats_for(writable)).bank_
-    h.setflags(write=False)
-    frozen = make_split(h, name="train", role="train")
-    first = KNN(k=2).fit(stats_for(frozen)).bank_
-    assert KNN(k=3).fit(stats_for(frozen)).bank_ is first
-    n_entries = len(ops._MEMO)
-    del h, frozen, first
-    gc.collect()
-    assert len(ops._MEMO) == n_entries - 1  # dropped with its array
+    plain = make_split(h, name="train", role="train")
+    assert KNN(k=2).fit(stats_for(plain)).bank_ is not KNN(k=2).fit(stats_for(plain)).bank_
+    kept = prepare(plain)
+    first = KNN(k=2).fit(stats_for(kept)).bank_
+    assert KNN(k=3).fit(stats_for(kept)).bank_ is first
+    np.testing.assert_array_equal(first, KNN(k=2).fit(stats_for(plain)).bank_)
 
 
 def test_official_and_space() -> None:
@@ -148,18 +140,20 @@ def test_official_and_space() -> None:
         KNN.space(FixedTrial({"k": k}), digits)
 
 
-def test_memoised_nearest_table_equals_a_fresh_search(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Read-only queries read the k-th column of a memoised sorted table; every k, also beyond
-    the kept columns (a fresh search), gives the bits of a search on a writable copy."""
+def test_kept_nearest_table_equals_a_fresh_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prepared queries (against a prepared bank) read the k-th column of a kept sorted table;
+    every k, also beyond the kept columns (a fresh search), gives the bits of a plain search."""
     rng = np.random.default_rng(9)
     b, h = rng.normal(size=(40, 6)).astype(np.float32), rng.normal(size=(15, 6)).astype(np.float32)
-    b.setflags(write=False)
-    h.setflags(write=False)
-    bank = make_split(b, name="train", role="train")
-    frozen, writable = make_split(h), make_split(h.copy())
+    bank = prepare(make_split(b, name="train", role="train"))
+    kept, plain = prepare(make_split(h)), make_split(h)
     monkeypatch.setattr(knn, "NEAREST_KEPT", 10)
     for k in (1, 2, 7, 10, 11, 40):
         scorer = KNN(k=k).fit(stats_for(bank))
-        np.testing.assert_array_equal(scorer.score(frozen), scorer.score(writable))
-        np.testing.assert_allclose(scorer.score(frozen), knn_loop(bank.features, h, k), atol=1e-5)
-    assert any(tag == "knn_nearest" for tag, _ in ops._MEMO)
+        np.testing.assert_array_equal(scorer.score(kept), scorer.score(plain))
+        np.testing.assert_allclose(scorer.score(kept), knn_loop(bank.features, h, k), atol=1e-5)
+    assert kept.tables is not None
+    assert [t for t in kept.tables._values if "knn distances" in t] == [
+        f"knn distances to the bank of prepared split #{bank.tables.serial}, 10 nearest"
+    ]
+    assert plain.tables is None

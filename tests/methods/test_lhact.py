@@ -15,7 +15,6 @@ from method_refs import make_split
 from optuna.trial import FixedTrial
 from scipy.special import logsumexp
 
-from oodcache.search import ops
 from oodcache.search.base import CacheInfo, Stats
 from oodcache.search.methods.energy import Energy
 from oodcache.search.methods.lhact import LHAct, lhact_shape
@@ -97,14 +96,11 @@ def test_shape_float32_matches_float64() -> None:
 VAL = np.arange(10.0).reshape(2, 5)[::-1].T  # rows (5, 0), (6, 1), ..., (9, 4)
 
 
-@pytest.mark.parametrize("frozen", [False, True])
-def test_percentile_thresholds_over_the_flattened_id_val(
-    monkeypatch: pytest.MonkeyPatch, frozen: bool
-) -> None:
-    monkeypatch.setattr(ops, "SORTED_MIN_SIZE", 0)
+@pytest.mark.parametrize("prepared", [False, True])
+def test_percentile_thresholds_over_the_flattened_id_val(prepared: bool) -> None:
     w, b = np.eye(2), np.zeros(2)
     fit = make_split([[100.0, 100.0]], w, b, name="fit", role="fit")
-    val = make_split(VAL, w, b, name="val", frozen=frozen)
+    val = make_split(VAL, w, b, name="val", prepared=prepared)
     scorer = LHAct().fit(Stats(fit=fit, id_val=val))  # defaults 10, 95
     assert scorer.t_low_ == pytest.approx(0.9, rel=1e-6)  # float32 features
     assert scorer.t_high_ == pytest.approx(8.55, rel=1e-6)
@@ -145,16 +141,13 @@ def test_hand_computed_score() -> None:
     np.testing.assert_allclose(scorer.score(query), want, rtol=1e-6)
 
 
-@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("prepared", [False, True])
 @pytest.mark.parametrize(("q_l", "q_h"), [(0.0, 80.0), (10.0, 95.0), (50.0, 99.9)])
-def test_matches_reference(
-    monkeypatch: pytest.MonkeyPatch, frozen: bool, q_l: float, q_h: float
-) -> None:
-    monkeypatch.setattr(ops, "SORTED_MIN_SIZE", 0)
+def test_matches_reference(prepared: bool, q_l: float, q_h: float) -> None:
     rng = np.random.default_rng(5)
     w, b = rng.normal(size=(5, 8)), rng.normal(size=5)
-    val = make_split(rng.exponential(size=(30, 8)), w, b, name="val", frozen=frozen)
-    query = make_split(rng.exponential(size=(12, 8)) * 2, w, b, name="q", frozen=frozen)
+    val = make_split(rng.exponential(size=(30, 8)), w, b, name="val", prepared=prepared)
+    query = make_split(rng.exponential(size=(12, 8)) * 2, w, b, name="q", prepared=prepared)
     scorer = LHAct(low_percentile=q_l, high_percentile=q_h).fit(Stats(fit=query, id_val=val))
     flat = val.features.astype(np.float64).ravel()
     t_l, t_h = np.percentile(flat, q_l), np.percentile(flat, q_h)

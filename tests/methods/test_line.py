@@ -13,7 +13,6 @@ import pytest
 from method_refs import lse, make_split, perc
 from optuna.trial import FixedTrial
 
-from oodcache.search import ops
 from oodcache.search.base import CacheInfo, Stats
 from oodcache.search.methods.line import LINe
 from oodcache.search.study import _enqueued_constants
@@ -143,7 +142,7 @@ def test_predicted_class_uses_clipped_logits() -> None:
 # ------------------------------------------------------------------------- against the loop
 
 
-@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("prepared", [False, True])
 @pytest.mark.parametrize(
     ("p_w", "p_a", "clip_percentile"),
     [
@@ -154,10 +153,7 @@ def test_predicted_class_uses_clipped_logits() -> None:
         (55.5, 33.3, 80.0),
     ],
 )
-def test_matches_loop(
-    monkeypatch: pytest.MonkeyPatch, frozen: bool, p_w: float, p_a: float, clip_percentile: float
-) -> None:
-    monkeypatch.setattr(ops, "SORTED_MIN_SIZE", 0)  # read-only arrays: sorted-percentile path
+def test_matches_loop(prepared: bool, p_w: float, p_a: float, clip_percentile: float) -> None:
     rng = np.random.default_rng(0)
     k, d = 4, 7
     w, b = rng.normal(size=(k, d)), rng.normal(size=k) * 0.5
@@ -170,10 +166,10 @@ def test_matches_loop(
         y,
         name="train",
         role="train",
-        frozen=frozen,
+        prepared=prepared,
     )
-    val = make_split(rng.exponential(size=(25, d)), w, b, name="val", frozen=frozen)
-    query = make_split(rng.exponential(size=(30, d)) * 1.5, w, b, name="q", frozen=frozen)
+    val = make_split(rng.exponential(size=(25, d)), w, b, name="val", prepared=prepared)
+    query = make_split(rng.exponential(size=(30, d)) * 1.5, w, b, name="q", prepared=prepared)
     scorer = LINe(clip_percentile=clip_percentile, p_w=p_w, p_a=p_a)
     scorer.fit(Stats(fit=val, id_val=val, train_split=train))
     tau = perc(val.features.ravel().tolist(), clip_percentile)

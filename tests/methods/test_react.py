@@ -16,7 +16,6 @@ from optuna.trial import FixedTrial
 from scipy.special import logsumexp
 
 from oodcache.cache import Split
-from oodcache.search import ops
 from oodcache.search.base import CacheInfo, Stats
 from oodcache.search.methods.energy import Energy
 from oodcache.search.methods.react import ReAct
@@ -46,15 +45,14 @@ def react_reference(
 VAL = [[0.0, 10.0], [0.0, 20.0], [0.0, 30.0]]
 
 
-@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("prepared", [False, True])
 @pytest.mark.parametrize(
     ("p", "c"), [(0.0, 0.0), (50.0, 5.0), (60.0, 10.0), (90.0, 25.0), (100.0, 30.0)]
 )
 def test_threshold_is_a_percentile_of_the_flattened_matrix(
-    monkeypatch: pytest.MonkeyPatch, frozen: bool, p: float, c: float
+    prepared: bool, p: float, c: float
 ) -> None:
-    monkeypatch.setattr(ops, "SORTED_MIN_SIZE", 0)  # read-only arrays take the sorted fast path
-    val = make_split(VAL, np.eye(2), np.zeros(2), frozen=frozen)
+    val = make_split(VAL, np.eye(2), np.zeros(2), prepared=prepared)
     scorer = ReAct(percentile=p).fit(Stats(fit=val, id_val=val))
     assert scorer.threshold_ == c
 
@@ -110,15 +108,14 @@ def test_uses_the_cached_head_not_the_cached_logits() -> None:
     np.testing.assert_allclose(scorer.score(doctored), Energy().score(query), rtol=1e-6)
 
 
-@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("prepared", [False, True])
 @pytest.mark.parametrize("p", [0.0, 37.5, 50.0, 90.0, 99.9, 100.0])
-def test_matches_reference(monkeypatch: pytest.MonkeyPatch, frozen: bool, p: float) -> None:
-    monkeypatch.setattr(ops, "SORTED_MIN_SIZE", 0)
+def test_matches_reference(prepared: bool, p: float) -> None:
     rng = np.random.default_rng(7)
     w, b = rng.normal(size=(5, 8)), rng.normal(size=5)
-    val = make_split(rng.exponential(size=(30, 8)), w, b, name="val", frozen=frozen)
+    val = make_split(rng.exponential(size=(30, 8)), w, b, name="val", prepared=prepared)
     fit = make_split(rng.exponential(size=(10, 8)) * 5, w, b, name="fit", role="fit")
-    query = make_split(rng.exponential(size=(12, 8)) * 2, w, b, name="q", frozen=frozen)
+    query = make_split(rng.exponential(size=(12, 8)) * 2, w, b, name="q", prepared=prepared)
     scorer = ReAct(percentile=p).fit(Stats(fit=fit, id_val=val))
     want_c = np.percentile(val.features.astype(np.float64), p)
     assert scorer.threshold_ == pytest.approx(want_c, rel=1e-6)
@@ -136,11 +133,10 @@ def test_infinite_or_high_threshold_is_energy_exactly() -> None:
         assert np.array_equal(scorer.score(query), Energy().score(query))
 
 
-def test_percentile_100_is_energy_exactly_on_id_val(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ops, "SORTED_MIN_SIZE", 0)
+def test_percentile_100_is_energy_exactly_on_id_val() -> None:
     rng = np.random.default_rng(4)
     w, b = rng.normal(size=(4, 6)), rng.normal(size=4)
-    val = make_split(rng.exponential(size=(20, 6)), w, b, frozen=True)
+    val = make_split(rng.exponential(size=(20, 6)), w, b, prepared=True)
     scorer = ReAct(percentile=100.0).fit(Stats(fit=val, id_val=val))
     assert np.array_equal(scorer.score(val), Energy().score(val))
 

@@ -7,9 +7,9 @@ import pytest
 from optuna.trial import FixedTrial
 
 from oodcache.cache import Split
-from oodcache.search import ops
 from oodcache.search.base import CacheInfo, Stats
 from oodcache.search.methods.vim import ViM, official_dim
+from oodcache.search.ops import prepare
 
 
 def make_split(h: object, w: object, b: object, *, name: str = "s", role: str = "id_val") -> Split:
@@ -69,29 +69,36 @@ def test_alpha_and_statistics_from_train() -> None:
     np.testing.assert_allclose(scorer.alpha_, f.max(axis=1).mean() / resid_norm.mean(), rtol=1e-6)
 
 
-def test_refits_per_dim_with_a_cached_basis() -> None:
+def test_refits_per_dim_with_a_kept_basis() -> None:
     train, query = data(3)
-    frozen = make_split(train.features.copy(), train.weight, train.bias, name="train")
-    frozen.features.setflags(write=False)
-    for dim in (2, 6, 2, 8):  # memoised basis on read-only arrays, recomputed on writable ones
-        cached = ViM(dim=dim).fit(Stats(fit=frozen, id_val=query)).score(query)
+    kept = prepare(train)
+    for dim in (
+        2,
+        6,
+        2,
+        8,
+    ):  # the basis is kept on the prepared split, recomputed on the plain one
+        cached = ViM(dim=dim).fit(Stats(fit=kept, id_val=query)).score(query)
         fresh = ViM(dim=dim).fit(Stats(fit=train, id_val=query)).score(query)
         np.testing.assert_allclose(cached, fresh, rtol=1e-6)
         np.testing.assert_allclose(cached, vim_reference(train, query, dim), rtol=1e-5)
-    alphas = {ViM(dim=d).fit(Stats(fit=frozen, id_val=query)).alpha_ for d in (2, 6)}
+    assert kept.tables is not None and "vim basis" in kept.tables
+    alphas = {ViM(dim=d).fit(Stats(fit=kept, id_val=query)).alpha_ for d in (2, 6)}
     assert len(alphas) == 2
 
 
-def test_search_splits_read_their_memoised_residual_table() -> None:
-    """All arrays read-only (as a study loads them): basis and per-dim residual norms memoised,
-    every dim still equal to the reference."""
-    train, query = data(4)
-    for a in (train.features, train.weight, train.bias, query.features):
-        a.setflags(write=False)
+def test_prepared_splits_read_their_residual_table() -> None:
+    """Train and query prepared (as a study loads them): one residual table on the query for
+    every dim, each dim still equal to the reference; an unprepared query keeps nothing."""
+    plain_train, plain_query = data(4)
+    train, query = prepare(plain_train), prepare(plain_query)
     for dim in (1, 7, 3):
         got = ViM(dim=dim).fit(Stats(fit=train, id_val=query)).score(query)
         np.testing.assert_allclose(got, vim_reference(train, query, dim), rtol=1e-5, atol=1e-5)
-    assert any(tag == "vim_residual_norms" for tag, _ in ops._MEMO)
+    assert query.tables is not None
+    assert sum("vim residual norms" in tag for tag in query.tables._values) == 1
+    again = prepare(plain_query)  # a new store: nothing carried over from the first one
+    assert again.tables is not None and len(again.tables) == 0
 
 
 @pytest.mark.parametrize(

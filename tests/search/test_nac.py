@@ -14,6 +14,7 @@ from oodcache.cache import SEARCH_ROLES, Cache, Split
 from oodcache.search.base import Stats
 from oodcache.search.coverage import bin_edges, bin_index, neuron_states
 from oodcache.search.methods.nac import NAC
+from oodcache.search.ops import prepare
 from oodcache.search.study import load_inputs
 
 # ----------------------------------------------------------------------------- slow reference
@@ -76,16 +77,13 @@ def ref_nac(
 
 
 def make_split(
-    name: str, acts: dict[str, np.ndarray], grads: dict[str, np.ndarray], frozen: bool = False
+    name: str, acts: dict[str, np.ndarray], grads: dict[str, np.ndarray], prepared: bool = False
 ) -> Split:
-    """A split of per-layer arrays; ``frozen`` makes them read-only, as the cache reader does."""
+    """A split of per-layer arrays; ``prepared`` prepares it as the search does (its sorted
+    products are kept: NAC's fast path)."""
     n = next(iter(acts.values())).shape[0]
-    if frozen:
-        for arrays in (acts, grads):
-            for a in arrays.values():
-                a.setflags(write=False)
     z = np.zeros((n, 2), np.float32)
-    return Split(
+    split = Split(
         name=name,
         role="fit",
         dataset=name,
@@ -97,6 +95,7 @@ def make_split(
         activations=acts,
         gradients=grads,
     )
+    return prepare(split) if prepared else split
 
 
 def random_layers(rng: np.random.Generator, n: int) -> tuple[dict, dict]:
@@ -197,13 +196,13 @@ PARAMS = {
 }
 
 
-@pytest.mark.parametrize("frozen", [False, True])
-def test_nac_matches_slow_reference_on_random_arrays(frozen: bool) -> None:
+@pytest.mark.parametrize("prepared", [False, True])
+def test_nac_matches_slow_reference_on_random_arrays(prepared: bool) -> None:
     rng = np.random.default_rng(0)
     fit_acts, fit_grads = random_layers(rng, 60)
     test_acts, test_grads = random_layers(rng, 25)
-    fit = make_split("fit", fit_acts, fit_grads, frozen)
-    test = make_split("test", test_acts, test_grads, frozen)
+    fit = make_split("fit", fit_acts, fit_grads, prepared)
+    test = make_split("test", test_acts, test_grads, prepared)
     nac = NAC(layers=PARAMS).fit(Stats(fit=fit, id_val=fit))
     got = nac.score(test)
     assert got.dtype == np.float32 and got.shape == (25,)

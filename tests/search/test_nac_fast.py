@@ -9,7 +9,6 @@ tiny α, states next to the edges, and a float32 sigmoid that is not monotone.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 
 import numpy as np
@@ -28,6 +27,7 @@ from oodcache.search.coverage import (
 )
 from oodcache.search.methods import nac
 from oodcache.search.methods.nac import NAC
+from oodcache.search.ops import prepare
 
 Layers = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -68,15 +68,15 @@ def def_nac(
 
 
 # ----------------------------------------------------------------------------- data
-def split(layers: Layers, *, read_only: bool = True, role: str = "id_val") -> Split:
+def split(layers: Layers, *, prepared: bool = True) -> Split:
+    """A split of these layers, prepared as the search's are unless ``prepared`` is False."""
     n = next(iter(layers.values()))[0].shape[0]
     acts = {k: np.array(o) for k, (o, _) in layers.items()}
     grads = {k: np.array(g) for k, (_, g) in layers.items()}
-    for a in (*acts.values(), *grads.values()):
-        a.setflags(write=not read_only)
     z = np.zeros((n, 2), np.float32)
     w, b = np.eye(2, dtype=np.float32), np.zeros(2, np.float32)
-    return Split("s", role, "s", np.zeros(n, np.int64), z, z, w, b, acts, grads)
+    plain = Split("s", "id_val", "s", np.zeros(n, np.int64), z, z, w, b, acts, grads)
+    return prepare(plain) if prepared else plain
 
 
 def random_layers(rng: np.random.Generator, n: int, channels: dict[str, int]) -> Layers:
@@ -187,7 +187,6 @@ def test_large_split_uses_chunks_and_threads_with_the_same_result(
     got = {}
     for workers in (1, 2, 3):
         monkeypatch.setattr(coverage, "_workers", lambda w=workers: w)
-        coverage.clear_memo()
         got[workers] = NAC(layers=params).fit(Stats(split(fit), split(fit))).score(split(test))
         np.testing.assert_allclose(got[workers], expected, rtol=0, atol=1e-6)
     assert np.array_equal(got[1], got[2]) and np.array_equal(got[1], got[3])
@@ -318,27 +317,20 @@ def test_bands_set_boundaries_and_exceptions_are_rare(steps: str) -> None:
         assert runs.pos.size <= 0.01 * inside, (alpha, runs.pos.size, inside)
 
 
-# ----------------------------------------------------------------------------- memo and fallbacks
-def test_memo_on_read_only_arrays_and_not_on_writable_ones() -> None:
+# ------------------------------------------------------------- kept sorts and fallbacks
+def test_sorted_products_kept_on_a_prepared_split_only() -> None:
     rng = np.random.default_rng(3)
-    o, g = random_layers(rng, 50, {"a": 7})["a"]
-    o.setflags(write=False)
-    g.setflags(write=False)
-    coverage.clear_memo()
-    first = sorted_products(o, g)
-    assert first is not None and sorted_products(o, g) is first
+    layers = random_layers(rng, 50, {"a": 7})
+    o, g = layers["a"]
+    kept = split(layers)
+    first = sorted_products(kept, "a")
+    assert first is not None and sorted_products(kept, "a") is first
     assert np.array_equal(np.sort((o * g).ravel()), first.p)
     assert np.array_equal(first.p, (o * g)[first.row, first.col])
-    size = len(coverage._MEMO)
-    del o, g, first
-    gc.collect()
-    assert len(coverage._MEMO) == size - 1  # freed arrays drop their entry
-    w_o, w_g = (np.array(x) for x in random_layers(rng, 50, {"a": 7})["a"])
-    before = sorted_products(w_o, w_g)
-    w_g *= -1  # a writable array may change: never served from the memo
-    after = sorted_products(w_o, w_g)
-    assert before is not None and after is not None
-    assert np.array_equal(after.p, np.sort((w_o * w_g).ravel()))
+    assert sorted_products(split(layers, prepared=False), "a") is None  # direct path
+    assert sorted_products(split(layers), "a") is not first  # a new store sorts again
+    with pytest.raises(ValueError, match="read-only"):
+        kept.activations["a"][0, 0] = 1.0  # a prepared split's arrays cannot change
 
 
 def test_fallbacks_match_the_definition() -> None:
@@ -361,28 +353,27 @@ def test_fallbacks_match_the_definition() -> None:
     assert np.array_equal(fast_bin_index(o, g, -2.0, edges), expected)
 
 
-def test_writable_and_read_only_splits_score_alike() -> None:
+def test_prepared_and_plain_splits_score_alike() -> None:
     rng = np.random.default_rng(5)
     fit, test = random_layers(rng, 80, {"a": 16}), random_layers(rng, 90, {"a": 16})
     params = {"a": {"alpha": 10.0, "M": 100, "O": 4}}
     scores = []
-    for read_only in (True, False):
-        scorer = NAC(layers=params).fit(Stats(split(fit, read_only=read_only), split(fit)))
-        scores.append(scorer.score(split(test, read_only=read_only)))
+    for prepared in (True, False):
+        scorer = NAC(layers=params).fit(Stats(split(fit, prepared=prepared), split(fit)))
+        scores.append(scorer.score(split(test, prepared=prepared)))
     assert np.array_equal(scores[0], scores[1])
 
 
 def test_test_splits_take_the_direct_path_with_the_same_scores() -> None:
-    """Replay scores a test split once: it is not sorted (nothing memoised), same scores."""
+    """Replay scores a test split once, unprepared: it is not sorted (nothing kept), same scores."""
     rng = np.random.default_rng(7)
     fit, test = random_layers(rng, 60, {"a": 9, "b": 4}), random_layers(rng, 70, {"a": 9, "b": 4})
     params = {"a": {"alpha": 50.0, "M": 50, "O": 3}, "b": {"alpha": 2.0, "M": 500, "O": 1}}
     scorer = NAC(layers=params).fit(Stats(split(fit), split(fit)))
-    coverage.clear_memo()
-    test_split, val_split = split(test, role="id_test"), split(test, role="ood_val")
+    test_split, val_split = split(test, prepared=False), split(test)
     direct = scorer.score(test_split)
-    assert len(coverage._MEMO) == 0
+    assert test_split.tables is None
     sorted_ = scorer.score(val_split)
-    assert len(coverage._MEMO) == 2
+    assert val_split.tables is not None and len(val_split.tables) == 2
     np.testing.assert_allclose(direct, sorted_, rtol=0, atol=1e-6)
     np.testing.assert_allclose(direct, def_nac(fit, test, params), rtol=0, atol=1e-6)

@@ -21,7 +21,7 @@ import optuna
 
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer
-from oodcache.search.ops import FloatArray, as_score, ash_shape, energy
+from oodcache.search.ops import FloatArray, as_score, ash_shape, energy, feature_order
 from oodcache.search.settings import Setting
 
 Variant = Literal["P", "B", "S"]
@@ -56,5 +56,7 @@ class ASH(Scorer):
         return {"percentile": [65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0], "variant": ["B"]}
 
     def score(self, split: Split) -> FloatArray:
-        shaped = ash_shape(split.features, self.percentile, self.variant)
+        shaped = ash_shape(
+            split.features, self.percentile, self.variant, order=feature_order(split)
+        )
         return as_score(energy(split.head(shaped)))

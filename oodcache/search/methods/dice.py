@@ -23,17 +23,10 @@ import optuna
 
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
-from oodcache.search.ops import FloatArray, as_score, dice_weight, energy, memo, readonly
+from oodcache.search.ops import FloatArray, as_score, dice_weight, energy, feature_mean
 from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
-
-
-def feature_mean(features: np.ndarray) -> np.ndarray:
-    """μ = mean of h over rows, float64 (memoised per read-only array: fit runs every trial)."""
-    return memo(
-        "feature_mean", (features,), lambda: readonly(features.mean(axis=0, dtype=np.float64))
-    )
 
 
 @dataclass
@@ -59,8 +52,8 @@ class DICE(Scorer):
 
     def fit(self, stats: Stats) -> Self:
         train = stats.train
-        self.mean_ = feature_mean(train.features)
-        self.weight_ = dice_weight(train.weight, self.mean_, self.p)
+        self.mean_ = feature_mean(train)
+        self.weight_ = dice_weight(train, self.mean_, self.p)
         log.debug(
             "dice mean_ (D=%d), weight_ keeps %d entries",
             self.mean_.size,

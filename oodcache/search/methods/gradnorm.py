@@ -19,7 +19,7 @@ import numpy as np
 
 from oodcache.cache import Split
 from oodcache.search.base import Scorer
-from oodcache.search.ops import FloatArray, as_score, head_logits, memo, scaled
+from oodcache.search.ops import FloatArray, as_score, derive, head_logits, scaled
 
 
 @dataclass
@@ -29,9 +29,9 @@ class GradNorm(Scorer):
     temperature: float = 1.0
 
     def score(self, split: Split) -> FloatArray:
-        z = scaled(head_logits(split.features, split.weight, split.bias), self.temperature)
+        z = scaled(head_logits(split), self.temperature)
         e = np.exp(z - z.max(axis=1, keepdims=True))
         total = e.sum(axis=1, keepdims=True, dtype=np.float64)
         spread = np.abs(e * (e.shape[1] / total) - 1.0).sum(axis=1)  # Σ_k |K·p_k − 1|
-        l1 = memo("l1_norm", (split.features,), lambda: np.abs(split.features).sum(1, np.float64))
+        l1 = derive(split, "l1 norm", lambda: np.abs(split.features).sum(1, np.float64))
         return as_score(l1 * spread / self.temperature)

@@ -8,14 +8,14 @@ Official code: github.com/deeplearning-wisc/knn-ood
 Reads: features. Statistics: the bank is the ID-train split (the ``fit`` split when the cache has
 no ``train`` split). The bank must be disjoint from every scored set: scores of the split the bank
 came from (and of a ``fit`` split drawn from the same training images) include self-matches at
-distance 0 and are optimistic; scoring a split with role ``train`` or ``fit`` logs a warning.
+distance 0 and are optimistic; ``oodcache score`` warns when asked to score such a split.
 Defaults: k = 50 (OpenOOD v1.5, official CIFAR), trial 0; ``official`` gives k = 1000 (official
 ImageNet-1K ResNet-50). Both are capped at the fit-split size. Space: integer k log-uniform in
 [1, min(2000, fit-split size)] (the fit size stands for the bank size, which ``CacheInfo`` lacks);
 grid {50, 100, 200, 500, 1000} (OpenOOD v1.5) up to that size.
 Deviations: none. Queries are processed in chunks so that no (queries × bank) block exceeds
-``CHUNK_BYTES``; distances use ‖a‖² + ‖b‖² − 2a·b in float32 on exactly normalised vectors. The
-search splits' 2,000 nearest distances are computed once and kept (memo), so a trial is a lookup.
+``CHUNK_BYTES``; distances use ‖a‖² + ‖b‖² − 2a·b in float32 on exactly normalised vectors. A
+prepared split (the search's) keeps its 2,000 nearest distances, so that a trial is a lookup.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from oodcache.search.base import CacheInfo, Scorer, Stats
 from oodcache.search.ops import (
     FloatArray,
     as_score,
+    derive,
     l2_normalize,
-    memo,
     readonly,
     row_chunks,
 )
@@ -49,8 +49,9 @@ CHUNK_BYTES = 256 * 2**20  #: budget of one (queries × bank) distance block
 NEAREST_KEPT = 2000
 
 
-def normalized_bank(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(z (N, D) float32, ‖z‖² (N,) float32) of the bank, memoised per read-only array."""
+def normalized_bank(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """(z (N, D) float32, ‖z‖² (N,) float32) of the bank ``split``; kept on a prepared split."""
+    features = split.features
 
     def compute() -> tuple[np.ndarray, np.ndarray]:
         z = np.empty(features.shape, np.float32)
@@ -58,7 +59,7 @@ def normalized_bank(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             z[rows] = l2_normalize(features[rows])
         return readonly(z), readonly(np.einsum("ij,ij->i", z, z))
 
-    return memo("knn_bank", (features,), compute)
+    return derive(split, "knn bank", compute)
 
 
 def nearest_sq_distances(
@@ -81,18 +82,19 @@ def nearest_sq_distances(
 
 
 def kth_sq_distance(
-    queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray, k: int
+    queries: Split, bank: np.ndarray, bank_sq: np.ndarray, k: int, table_tag: str | None
 ) -> np.ndarray:
-    """Squared distance (N,) to the k-th nearest bank row. For a read-only query array (a cached
-    split) and k <= ``NEAREST_KEPT``, the ``NEAREST_KEPT`` nearest distances are computed once
-    and memoised: a search trial then costs a column read whatever k it tries."""
+    """Squared distance (N,) from each row of ``queries.features`` to its k-th nearest bank row.
+    On a prepared query split with a ``table_tag`` (the bank is a prepared split too) and
+    k <= ``NEAREST_KEPT``, the ``NEAREST_KEPT`` nearest distances are computed once and kept:
+    a search trial then costs a column read whatever k it tries."""
     kept = min(NEAREST_KEPT, len(bank))
-    if k > kept or queries.flags.writeable:
-        return nearest_sq_distances(queries, bank, bank_sq, k)[:, k - 1]
-    table = memo(
-        "knn_nearest",
-        (queries, bank),
-        lambda: readonly(nearest_sq_distances(queries, bank, bank_sq, kept)),
+    h = queries.features
+    if k > kept or queries.tables is None or table_tag is None:
+        return nearest_sq_distances(h, bank, bank_sq, k)[:, k - 1]
+    table = queries.tables.get(
+        f"{table_tag}, {kept} nearest",
+        lambda: readonly(nearest_sq_distances(h, bank, bank_sq, kept)),
     )
     return table[:, k - 1]
 
@@ -125,18 +127,16 @@ class KNN(Scorer):
                 f"KNN needs 1 <= k <= the bank size {train.n} (split {train.name!r}), got "
                 f"k = {self.k}; choose a smaller k"
             )
-        self.bank_, self.bank_sq_ = normalized_bank(train.features)
-        self.bank_split_ = train.name
+        self.bank_, self.bank_sq_ = normalized_bank(train)
+        self.table_tag_ = (
+            f"knn distances to the bank of prepared split #{train.tables.serial}"
+            if train.tables is not None
+            else None
+        )
         log.debug("knn bank_ = %s (%d x %d), k = %d", train.name, *self.bank_.shape, self.k)
         return self
 
     def score(self, split: Split) -> FloatArray:
-        if split.role in ("train", "fit") or split.name == self.bank_split_:
-            log.warning(
-                "knn: split %r (role %s) overlaps the ID-train bank %r; its scores include "
-                "self-matches and are optimistic",
-                split.name,
-                split.role,
-                self.bank_split_,
-            )
-        return as_score(-kth_sq_distance(split.features, self.bank_, self.bank_sq_, self.k))
+        return as_score(
+            -kth_sq_distance(split, self.bank_, self.bank_sq_, self.k, self.table_tag_)
+        )

@@ -23,7 +23,7 @@ import optuna
 
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
-from oodcache.search.ops import FloatArray, as_score, energy, percentile
+from oodcache.search.ops import FloatArray, as_score, energy, feature_percentile
 from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,12 @@ class LHAct(Scorer):
         }
 
     def fit(self, stats: Stats) -> Self:
-        h = stats.id_val.features
+        val = stats.id_val
         lo, hi = self.low_threshold, self.high_threshold
-        self.t_low_ = float(lo) if lo is not None else percentile(h, self.low_percentile)
-        self.t_high_ = float(hi) if hi is not None else percentile(h, self.high_percentile)
+        self.t_low_ = float(lo) if lo is not None else feature_percentile(val, self.low_percentile)
+        self.t_high_ = (
+            float(hi) if hi is not None else feature_percentile(val, self.high_percentile)
+        )
         if not self.t_low_ < self.t_high_:
             raise ValueError(f"LHAct needs t_l < t_h, got {self.t_low_:.4g} >= {self.t_high_:.4g}")
         log.debug("lhact t_low_ = %.6g, t_high_ = %.6g", self.t_low_, self.t_high_)

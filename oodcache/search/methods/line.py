@@ -27,7 +27,15 @@ import optuna
 
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
-from oodcache.search.ops import FloatArray, as_score, logsumexp, memo, percentile, readonly
+from oodcache.search.ops import (
+    FloatArray,
+    as_score,
+    derive,
+    feature_percentile,
+    logsumexp,
+    percentile,
+    readonly,
+)
 from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
@@ -43,12 +51,13 @@ def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> n
     return sums / counts[:, None]
 
 
-def contributions(features: np.ndarray, labels: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """C (K, D), row c = W[c]·μ_c, float64; memoised per read-only ID-train arrays."""
-    return memo(
-        "line_contributions",
-        (features, labels, weight),
-        lambda: readonly(weight * class_means(features, labels, weight.shape[0])),
+def contributions(split: Split) -> np.ndarray:
+    """C (K, D), row c = W[c]·μ_c of ``split`` (ID train), float64; kept on a prepared split."""
+    weight = split.weight
+    return derive(
+        split,
+        "line contributions",
+        lambda: readonly(weight * class_means(split.features, split.labels, weight.shape[0])),
     )
 
 
@@ -83,11 +92,11 @@ class LINe(Scorer):
 
     def fit(self, stats: Stats) -> Self:
         train = stats.train
-        self.contribution_ = contributions(train.features, train.labels, train.weight)
+        self.contribution_ = contributions(train)
         if self.clip_threshold is not None:
             self.tau_ = float(self.clip_threshold)
         else:
-            self.tau_ = percentile(stats.id_val.features, self.clip_percentile)
+            self.tau_ = feature_percentile(stats.id_val, self.clip_percentile)
         self._thresholds: dict[int, tuple[float, float]] = {}
         log.debug("line tau_ = %.6g", self.tau_)
         return self

@@ -21,16 +21,15 @@ import numpy as np
 
 from oodcache.cache import Split
 from oodcache.search.base import Scorer, Stats
-from oodcache.search.ops import FloatArray, as_score, memo, pinvh, readonly, row_chunks
+from oodcache.search.ops import FloatArray, as_score, derive, pinvh, readonly, row_chunks
 
 log = logging.getLogger(__name__)
 
 
-def class_gaussian(
-    h: np.ndarray, y: np.ndarray, k: int, name: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """(class means μ (K, D), shared precision Σ⁺ (D, D)), float64; memoised per read-only arrays
-    (the cost is the D×D covariance and its eigendecomposition)."""
+def class_gaussian(split: Split, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(class means μ (K, D), shared precision Σ⁺ (D, D)) of ``split``'s features by label,
+    float64; kept on a prepared split (the cost is the D×D covariance and its eigendecomposition)."""
+    h, y, name = split.features, split.labels, split.name
 
     def compute() -> tuple[np.ndarray, np.ndarray]:
         if y.min(initial=0) < 0 or y.max(initial=0) >= k:
@@ -48,7 +47,7 @@ def class_gaussian(
             cov += centred.T @ centred
         return readonly(means), readonly(pinvh(cov / len(h)))
 
-    return memo(f"class_gaussian_{k}", (h, y), compute)
+    return derive(split, f"class gaussian {k}", compute)
 
 
 @dataclass
@@ -60,7 +59,7 @@ class Mahalanobis(Scorer):
     def fit(self, stats: Stats) -> Self:
         train = stats.train
         k = train.weight.shape[0]
-        self.means_, self.precision_ = class_gaussian(train.features, train.labels, k, train.name)
+        self.means_, self.precision_ = class_gaussian(train, k)
         log.debug(
             "mahalanobis means_ (%d x %d), precision_ trace %.6g",
             *self.means_.shape,

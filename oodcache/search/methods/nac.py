@@ -29,7 +29,7 @@ from typing import Any, Self
 import numpy as np
 import optuna
 
-from oodcache.cache import SEARCH_ROLES, Split
+from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
 from oodcache.search.coverage import (
     Runs,
@@ -110,10 +110,6 @@ GRIDS: dict[Setting | None, dict[str, tuple[list[int], list[int], list[float]]]]
         "layer_9": ([10, 50], [500, 1000], [1.0]),
     },
 }
-
-
-def _sorts(split: Split) -> bool:
-    return split.role in SEARCH_ROLES
 
 
 @dataclass
@@ -220,12 +216,11 @@ class NAC(Scorer):
     def _sorted(self, split: Split) -> dict[str, SortedProducts | None]:
         """Sorted products of every layer whose α allows the fast path (sorted in parallel).
 
-        Only tuning splits are sorted: a study scores them at every trial. Test splits are
-        scored once, by replay, where the direct path costs less than a sort."""
-        fast = [k for k in self.layers if self.bands_[k] is not None and _sorts(split)]
-        found = parallel_map(
-            lambda k: sorted_products(split.activations[k], split.gradients[k]), fast
-        )
+        Only a prepared split is sorted (kept in its tables): a study scores its tuning splits
+        at every trial. A test split is scored once, by replay, where the direct path costs less
+        than a sort."""
+        fast = [k for k in self.layers if self.bands_[k] is not None and split.prepared]
+        found = parallel_map(lambda k: sorted_products(split, k), fast)
         out: dict[str, SortedProducts | None] = dict.fromkeys(self.layers)
         out.update(zip(fast, found, strict=True))
         return out
@@ -241,9 +236,9 @@ class NAC(Scorer):
         return self._layer_score(split, layer, self._sorted_layer(split, layer))
 
     def _sorted_layer(self, split: Split, layer: str) -> SortedProducts | None:
-        if self.bands_[layer] is None or not _sorts(split):
+        if self.bands_[layer] is None:
             return None
-        return sorted_products(split.activations[layer], split.gradients[layer])
+        return sorted_products(split, layer)
 
     def _layer_score(self, split: Split, layer: str, sp: SortedProducts | None) -> np.ndarray:
         runs = self._runs(sp, layer)

@@ -22,7 +22,7 @@ import optuna
 
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
-from oodcache.search.ops import FloatArray, as_score, energy, percentile
+from oodcache.search.ops import FloatArray, as_score, energy, feature_percentile
 from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class ReAct(Scorer):
         if self.threshold is not None:
             self.threshold_ = float(self.threshold)
         else:
-            self.threshold_ = percentile(stats.id_val.features, self.percentile)
+            self.threshold_ = feature_percentile(stats.id_val, self.percentile)
         log.debug("react threshold_ = %.6g", self.threshold_)
         return self
 

@@ -32,7 +32,14 @@ import optuna
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
 from oodcache.search.methods.ash import VARIANTS, Variant
-from oodcache.search.ops import FloatArray, as_score, ash_shape, energy, percentile
+from oodcache.search.ops import (
+    FloatArray,
+    as_score,
+    ash_shape,
+    energy,
+    feature_order,
+    feature_percentile,
+)
 from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
@@ -66,12 +73,18 @@ class ReActASH(Scorer):
         if self.threshold is not None:
             self.threshold_ = float(self.threshold)
         else:
-            self.threshold_ = percentile(stats.id_val.features, self.percentile)
+            self.threshold_ = feature_percentile(stats.id_val, self.percentile)
         log.debug("react_ash threshold_ = %.6g", self.threshold_)
         return self
 
     def score(self, split: Split) -> FloatArray:
         clipped = np.minimum(split.features, np.float32(self.threshold_))
         # rank = h: the top k of the clipped x, ties at c to the larger raw h (then lower index)
-        shaped = ash_shape(clipped, self.ash_percentile, self.variant, rank=split.features)
+        shaped = ash_shape(
+            clipped,
+            self.ash_percentile,
+            self.variant,
+            rank=split.features,
+            order=feature_order(split),
+        )
         return as_score(energy(split.head(shaped)))

@@ -25,8 +25,14 @@ import optuna
 
 from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Scorer, Stats
-from oodcache.search.methods.dice import feature_mean
-from oodcache.search.ops import FloatArray, as_score, dice_weight, energy, percentile
+from oodcache.search.ops import (
+    FloatArray,
+    as_score,
+    dice_weight,
+    energy,
+    feature_mean,
+    feature_percentile,
+)
 from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
@@ -58,10 +64,10 @@ class ReActDICE(Scorer):
         if self.threshold is not None:
             self.threshold_ = float(self.threshold)
         else:
-            self.threshold_ = percentile(stats.id_val.features, self.percentile)
+            self.threshold_ = feature_percentile(stats.id_val, self.percentile)
         train = stats.train
-        self.mean_ = feature_mean(train.features)
-        self.weight_ = dice_weight(train.weight, self.mean_, self.p)
+        self.mean_ = feature_mean(train)
+        self.weight_ = dice_weight(train, self.mean_, self.p)
         log.debug(
             "react_dice threshold_ = %.6g, weight_ keeps %d entries",
             self.threshold_,

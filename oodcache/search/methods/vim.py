@@ -29,9 +29,9 @@ from oodcache.search.base import CacheInfo, Scorer, Stats
 from oodcache.search.ops import (
     FloatArray,
     as_score,
+    derive,
     energy,
     head_logits,
-    memo,
     readonly,
     row_chunks,
 )
@@ -51,8 +51,9 @@ class Basis(NamedTuple):
     mean_residual: np.ndarray  # (D + 1,): [dim] = mean over train of ‖R_dimᵀ(h − u)‖
 
 
-def vim_basis(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> Basis:
-    """What ViM needs from ID train, for every dim at once (memoised per read-only arrays)."""
+def vim_basis(split: Split) -> Basis:
+    """What ViM needs from ID train ``split``, for every dim at once (kept on a prepared split)."""
+    features, weight, bias = split.features, split.weight, split.bias
 
     def compute() -> Basis:
         n, d = features.shape
@@ -73,23 +74,18 @@ def vim_basis(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> Bas
             residual[:d] += np.sqrt(tail).sum(axis=0)
         return Basis(u, readonly(np.ascontiguousarray(vecs)), max_logit / n, residual / n)
 
-    return memo("vim_basis", (features, weight, bias), compute)
+    return derive(split, "vim basis", compute)
 
 
 def residual_norms(h: np.ndarray, basis: Basis) -> np.ndarray:
     """(N, D) float32, [:, j] = ‖(h − u)ᵀV[:, j:]‖ for every dim j: one projection on the whole
-    eigenbasis, then reversed cumulative sums; memoised per read-only h (a search split), so that
-    a trial reads one column."""
-
-    def compute() -> np.ndarray:
-        n, d = h.shape
-        out = np.empty((n, d), np.float32)
-        for rows in row_chunks(n, 24 * d, 2**26):
-            y2 = ((h[rows] - basis.origin) @ basis.vectors) ** 2
-            out[rows] = np.sqrt(np.cumsum(y2[:, ::-1], axis=1)[:, ::-1])
-        return readonly(out)
-
-    return memo("vim_residual_norms", (h, basis.vectors), compute)
+    eigenbasis, then reversed cumulative sums. Kept on a prepared split, a trial reads one column."""
+    n, d = h.shape
+    out = np.empty((n, d), np.float32)
+    for rows in row_chunks(n, 24 * d, 2**26):
+        y2 = ((h[rows] - basis.origin) @ basis.vectors) ** 2
+        out[rows] = np.sqrt(np.cumsum(y2[:, ::-1], axis=1)[:, ::-1])
+    return readonly(out)
 
 
 @dataclass
@@ -122,24 +118,32 @@ class ViM(Scorer):
         dim = official_dim(d) if self.dim is None else int(self.dim)
         if not 0 <= dim < d:
             raise ValueError(f"ViM needs 0 <= dim < D = {d} (a non-empty residual), got {dim}")
-        basis = vim_basis(train.features, train.weight, train.bias)
+        basis = vim_basis(train)
         self.basis_, self.dim_ = basis, dim
         self.origin_ = basis.origin
         self.residual_ = basis.vectors[:, dim:]
         self.alpha_ = basis.mean_max_logit / basis.mean_residual[dim]
+        # a prepared split keeps its residual norms for every dim under this basis's tag
+        self.table_tag_ = (
+            f"vim residual norms, basis of prepared split #{train.tables.serial}"
+            if train.tables is not None
+            else None
+        )
         log.debug("vim dim = %d, alpha_ = %.6g", dim, self.alpha_)
         return self
 
-    def residual_norm(self, h: np.ndarray) -> np.ndarray:
-        """‖Rᵀ(h − u)‖ per row, float64; a read-only h reads its memoised table
-        (``residual_norms``, equal to ~1e-7 relative)."""
-        if not h.flags.writeable:
-            return np.asarray(residual_norms(h, self.basis_)[:, self.dim_], np.float64)
+    def residual_norm(self, split: Split) -> np.ndarray:
+        """‖Rᵀ(h − u)‖ per row, float64. A prepared split fitted against a prepared train split
+        reads its table of every dim (``residual_norms``, float32: equal to ~1e-7 relative)."""
+        h = split.features
+        if split.tables is not None and self.table_tag_ is not None:
+            table = split.tables.get(self.table_tag_, lambda: residual_norms(h, self.basis_))
+            return np.asarray(table[:, self.dim_], np.float64)
         out = np.empty(len(h))
         for rows in row_chunks(len(h), 8 * self.residual_.shape[1], 2**26):
             out[rows] = np.linalg.norm((h[rows] - self.origin_) @ self.residual_, axis=1)
         return out
 
     def score(self, split: Split) -> FloatArray:
-        virtual = self.alpha_ * self.residual_norm(split.features)
-        return as_score(energy(head_logits(split.features, split.weight, split.bias)) - virtual)
+        virtual = self.alpha_ * self.residual_norm(split)
+        return as_score(energy(head_logits(split)) - virtual)
