@@ -279,6 +279,7 @@ class Detector:
             layers=tuple(first.layers),
             fit_size=fit.n if fit is not None else first.n,
             odin_grid=tuple(first.odin),
+            train_size=train.n if train is not None else 0,
         )
         params = {**self.cls.official(info).params(), **self._given}
         self.scorer = self.cls(**params).fit(stats)

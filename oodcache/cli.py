@@ -426,8 +426,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
         num_classes=5,
         feature_dim=128,
         layers=("avgpool", "layer3", "layer2", "layer1"),
-        fit_size=488,
+        fit_size=480,
         odin_grid=tuple((t, e) for t in (1.0, 10.0, 100.0, 1000.0) for e in (0.0014, 0.0028)),
+        train_size=538,
     )
     print(f"(defaults and spaces shown for the {info.benchmark}/{info.arch} cache; see each file)")
     for key, cls in scorers().items():
@@ -438,6 +439,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
             f"{pad} reads: {', '.join(cls.requires)}; "
             f"statistics: {', '.join(cls.statistics) or 'none'}"
         )
+        if cls.note:
+            print(f"{pad} note: {cls.note}")
         print(f"{pad} defaults (trial 0): {json.dumps(cls.official(info).params())}")
         if not cls.searchable():
             print(f"{pad} space: none (parameter-free)")

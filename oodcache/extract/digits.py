@@ -5,9 +5,13 @@ Far-OOD and OOD-val: random crops of scikit-image's and scikit-learn's bundled p
 8×8 grey levels 0–16 with the ID pixel mean and standard deviation, then upsampled like the digits,
 so only their content differs. Every split is drawn with a fixed seed; nothing is downloaded.
 
-ID images are partitioned per class (seeded): 60 % train, 20 % val, 20 % test. From the train part
-``sanity_per_class`` images per class form ``sub_train`` (the NAC sanity split); the rest is
-``main_train`` (the ``fit`` split). The model is trained on all of train, as in the NAC protocol.
+ID images are partitioned per class (seeded): 60 % train, 20 % val, 20 % test. The train part is
+split as the NAC authors split a training list (``nac_split.nac_authors_split``, seed: the
+benchmark's): ``sanity_per_class`` images per class form ``sub_train`` (the sanity split), the
+rest ``main_train``; ``fit`` (NAC's build set) is the first int(1000/K) of each class's
+main_train, capped at the smallest class so that it stays class-balanced (96 per class with the
+shipped seed); ``train`` is every training image (the official statistics' set). The model is
+trained on all of ``train``, as in the NAC protocol.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+
+from oodcache.extract.nac_split import DEFAULT_FIT_SIZE, nac_authors_split
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +111,27 @@ def _upsample(images8: np.ndarray) -> np.ndarray:
 
 
 def partition(labels: np.ndarray, seed: int, sanity_per_class: int) -> dict[str, np.ndarray]:
-    """Class-balanced, seeded ID partition: indices of main_train, sub_train, val, test."""
+    """Class-balanced, seeded ID partition (module docstring): sorted indices of ``train`` (all
+    training images), ``main_train``, ``sub_train``, ``fit``, ``val`` and ``test``."""
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[int]] = {"main_train": [], "sub_train": [], "val": [], "test": []}
+    parts: dict[str, list[int]] = {
+        name: [] for name in ("train", "main_train", "sub_train", "fit", "val", "test")
+    }
+    mains = []
     for c in ID_CLASSES:
         idx = rng.permutation(np.flatnonzero(labels == c))
         n_train, n_val = int(0.6 * len(idx)), int(0.2 * len(idx))
         train, val, test = idx[:n_train], idx[n_train : n_train + n_val], idx[n_train + n_val :]
-        parts["sub_train"] += train[:sanity_per_class].tolist()
-        parts["main_train"] += train[sanity_per_class:].tolist()
+        sub, main = nac_authors_split(sorted(train.tolist()), seed, sanity_per_class)
+        parts["train"] += train.tolist()
+        parts["sub_train"] += sub
+        parts["main_train"] += main
         parts["val"] += val.tolist()
         parts["test"] += test.tolist()
+        mains.append(main)
+    per_class = min(DEFAULT_FIT_SIZE // len(ID_CLASSES), *(len(m) for m in mains))
+    for main in mains:
+        parts["fit"] += main[:per_class]
     return {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in parts.items()}
 
 
@@ -124,12 +140,12 @@ def build(
 ) -> dict[str, ImageSet]:
     """Every split of the benchmark, from its YAML ``source`` entries.
 
-    A source is ``{part: main_train|sub_train|val|test}`` (ID digits 0–4), ``{classes: [5, ...]}``
+    A source is ``{part: train|main_train|sub_train|fit|val|test}`` (ID digits 0–4), ``{classes: [5, ...]}``
     (all digits of those classes, label -1), or ``{pictures: [...], count: N}`` (crops, label -1).
     """
     images8, labels = _load_digits()
     parts = partition(labels, seed, int(options.get("sanity_per_class", 10)))
-    train_idx = np.concatenate([parts["main_train"], parts["sub_train"]])
+    train_idx = parts["train"]
     id_mean, id_std = float(images8[train_idx].mean()), float(images8[train_idx].std())
     up_train = _upsample(images8[train_idx])
     norm_mean, norm_std = float(up_train.mean()), float(up_train.std())
@@ -163,12 +179,4 @@ def build(
 
 def training_set(*, seed: int, options: Mapping[str, Any]) -> ImageSet:
     """All ID training images (main_train + sub_train) with their labels, for training the model."""
-    sets = build(
-        {"train": {"part": "main_train"}, "sub": {"part": "sub_train"}}, seed=seed, options=options
-    )
-    return ImageSet(
-        np.concatenate([sets["train"].images, sets["sub"].images]),
-        np.concatenate([sets["train"].labels, sets["sub"].labels]),
-        sets["train"].ids + sets["sub"].ids,
-        sets["train"].pixel_std,
-    )
+    return build({"train": {"part": "train"}}, seed=seed, options=options)["train"]

@@ -12,11 +12,14 @@ Every split's ``source`` in the benchmark YAML is one of:
   the NAC authors draw theirs (``nac_authors_split``; seed: the benchmark's ``seed``, 1 in the
   shipped configs as in their code): a fresh ``RandomState(seed)`` shuffle of the class's images
   gives ``sanity`` (the first ``sanity_per_class``, default floor(1000/K): their sub_train) and
-  main_train; a second fresh shuffle of main_train orders it, and ``fit`` (default 1,000, i.e.
-  int(1000/K) per class: their build set) and ``train`` (default: all of main_train) are taken
-  from its start, ``holdout`` from its end. So ``fit`` ⊂ ``train``, and ``sanity`` and
-  ``holdout`` are disjoint from both. (Sizes that K does not divide give the first classes one
-  more image; the authors cap every class at the smallest class instead.) Each generated subset
+  main_train; a second fresh shuffle of main_train orders it, ``fit`` (default 1,000, i.e.
+  int(1000/K) per class: their build set) is taken from its start and ``holdout`` from its end.
+  ``train`` is the full training list (without the holdout), sanity images included, as the
+  official DICE, KNN, ViM, Mahalanobis and LINe statistics use it; a ``size`` takes per class
+  the first images of main_train (in that order), then the sanity images. So ``fit`` ⊂ ``train``,
+  ``sanity`` ⊂ ``train`` by default, and ``holdout`` is disjoint from all three. (Sizes that K
+  does not divide give the first classes one more image; the authors cap every class at the
+  smallest class instead.) Each generated subset
   is written as an image list to the run's ``splits/`` folder (``<split>.txt``), and an existing
   list that differs is an error.
 
@@ -46,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from oodcache.cache.schema import ID_ROLES
 from oodcache.config import BenchmarkConfig, ConfigError
+from oodcache.extract.nac_split import DEFAULT_FIT_SIZE, nac_authors_split
 from oodcache.extract.transforms import Preprocess, load_rgb
 
 log = logging.getLogger(__name__)
@@ -56,7 +60,6 @@ IMAGE_EXTENSIONS = (
 SUBSETS = ("fit", "sanity", "train", "holdout")
 SOURCE_KEYS = {"list": {"list", "root"}, "folder": {"folder"}, "subset": {"subset", "size"}}
 PARTITION_KEYS = {"list", "root", "folder", "sanity_per_class"}
-DEFAULT_FIT_SIZE = 1000
 
 
 class ImageListError(ValueError):
@@ -178,26 +181,6 @@ def _per_class(total: int, k: int) -> list[int]:
     return [base + (1 if c < extra else 0) for c in range(k)]
 
 
-def nac_authors_split(members: list[int], seed: int, sanity: int) -> tuple[list[int], list[int]]:
-    """One class's images (indices in list order) as the NAC authors split them:
-    (sub_train, main_train in the order NAC's build set is drawn from).
-
-    Stage 1 (their ``imglist_generator.py``): the class's list lines are shuffled in place with a
-    fresh ``np.random.RandomState(seed)``; the first ``sanity`` form sub_train, the rest
-    main_train. Stage 2 (``TrainSubset(valid_num=1000, rand_seed=seed)`` in their
-    ``openood/postprocessors/nac/utils.py``): the class's positions in main_train are shuffled
-    again with a fresh ``RandomState(seed)``, and the build set is the first int(1000/K) of them.
-    A fresh generator per class makes each class's draw independent of the class order.
-    """
-    order = list(members)
-    np.random.RandomState(seed).shuffle(order)
-    s = min(sanity, len(order))
-    sub, main = order[:s], order[s:]
-    positions = list(range(len(main)))
-    np.random.RandomState(seed).shuffle(positions)
-    return sub, [main[q] for q in positions]
-
-
 def partition(
     items: list[Item],
     num_classes: int,
@@ -226,13 +209,15 @@ def partition(
         main = main[: len(main) - h]
         for name in ("fit", "train"):
             if name in out:
+                # fit: NAC's build set, from main_train; train: the full training list
+                pool = main if name == "fit" else main + sanity
                 size = sizes[name]
                 if size is None and name == "fit":
                     size = DEFAULT_FIT_SIZE
-                want = len(main) if size is None else _per_class(int(size), num_classes)[c]
-                if want > len(main):
-                    short.append(f"{name} class {c}: {len(main)} of {want}")
-                out[name] += main[:want]
+                want = len(pool) if size is None else _per_class(int(size), num_classes)[c]
+                if want > len(pool):
+                    short.append(f"{name} class {c}: {len(pool)} of {want}")
+                out[name] += pool[:want]
     if short:
         log.warning("too few training images for a balanced subset: %s", "; ".join(short[:10]))
     return {name: [items[i] for i in sorted(idx)] for name, idx in out.items()}

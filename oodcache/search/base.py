@@ -41,6 +41,13 @@ class CacheInfo:
     fit_size: int
     #: (temperature, epsilon) pairs with recorded ODIN-perturbed logits
     odin_grid: tuple[tuple[float, float], ...] = ()
+    #: rows of the ID-train statistics split (KNN's bank); 0: not known
+    train_size: int = 0
+
+    @property
+    def bank_size(self) -> int:
+        """Rows of the split ID-train statistics come from: ``train``, else the fit split."""
+        return self.train_size or self.fit_size
 
     @property
     def setting(self) -> Setting | None:
@@ -69,6 +76,8 @@ class Scorer(ABC):
     """Maps cached arrays to one score per sample. Convention: higher = more in-distribution."""
 
     key: ClassVar[str]
+    #: one line on how the defaults were chosen, where that is not obvious (``oodcache methods``)
+    note: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]]
     #: splits whose statistics ``fit`` reads (subset of STATISTICS)
     statistics: ClassVar[tuple[str, ...]] = ()

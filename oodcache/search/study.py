@@ -81,6 +81,7 @@ def load_inputs(cache: Cache, scorer: type[Scorer]) -> SearchInputs:
         )
     fit = prepare(cache.load(fit_name, layers=layers, odin=odin))
     id_val = prepare(cache.load(val_name, layers=layers, odin=odin))
+    train = prepare(cache.load(train_name, layers=False)) if train_name else None
     info = CacheInfo(
         arch=cache.arch,
         benchmark=cache.benchmark,
@@ -89,13 +90,14 @@ def load_inputs(cache: Cache, scorer: type[Scorer]) -> SearchInputs:
         layers=tuple(cache.layers),
         fit_size=fit.n,
         odin_grid=tuple(cache.odin_grid),
+        train_size=train.n if train is not None else fit.n,
     )
     return SearchInputs(
         info=info,
         stats=Stats(
             fit=fit,
             id_val=id_val,
-            train_split=prepare(cache.load(train_name, layers=False)) if train_name else None,
+            train_split=train,
         ),
         id_val=id_val,
         ood_val=prepare(cache.load(ood_name, layers=layers, odin=odin)),

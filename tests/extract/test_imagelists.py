@@ -205,7 +205,7 @@ def test_openood_benchmarks_read_their_image_lists(bench: str, arch: str, tmp_pa
         assert x.dtype == torch.float32 and x.shape[1:] == (3, 16, 16)
         assert torch.isfinite(x).all()
     fit, sanity, train = (set(sets[n].items) for n in ("fit", "sanity", "train"))
-    assert fit <= train and not (sanity & train)
+    assert fit <= train and not (sanity & fit)
     assert len(sanity) == 4 and len(fit) == 4  # one sanity image per class; fit 4 = 1 per class
     header = (splits_dir / "fit.txt").read_text().splitlines()[0]
     assert header.startswith("# oodcache benchmark") and f"train_{bench}.txt" in header
@@ -264,12 +264,12 @@ def test_partition_is_class_balanced_seeded_and_disjoint() -> None:
     assert per_class["sanity"] == {0: 3, 1: 3, 2: 3, 3: 3}
     assert per_class["fit"] == {0: 2, 1: 2, 2: 2, 3: 2}
     assert per_class["holdout"] == {0: 1, 1: 1, 2: 1, 3: 1}
-    assert per_class["train"] == {0: 16, 1: 16, 2: 16, 3: 16}  # main_train = 20 - 3 - 1
+    assert per_class["train"] == {0: 19, 1: 19, 2: 19, 3: 19}  # the full list less the holdout
     sets = {n: set(v) for n, v in p.items()}
-    assert sets["fit"] <= sets["train"]
-    assert not sets["sanity"] & (sets["train"] | sets["holdout"])
+    assert sets["fit"] <= sets["train"] and sets["sanity"] <= sets["train"]
+    assert not sets["sanity"] & (sets["fit"] | sets["holdout"])
     assert not sets["holdout"] & sets["train"]
-    assert sets["sanity"] | sets["train"] | sets["holdout"] == set(items)
+    assert sets["train"] | sets["holdout"] == set(items)
     # seeded: same seed, same split; the shuffle is per class (not the list's first images)
     assert p == partition(items, 4, seed=1, sanity_per_class=3, sizes=sizes)
     other = partition(items, 4, seed=2, sanity_per_class=3, sizes=sizes)
@@ -543,7 +543,7 @@ def test_sanity_and_fit_are_the_nac_authors_images(seed: int) -> None:
     )  # fmt: skip
     assert {i.path for i in ours["sanity"]} == {line.split(" ")[0] for line in sub}
     assert {i.path for i in ours["fit"]} == {line.split(" ")[0] for line in build}
-    assert {i.path for i in ours["train"]} == {line.split(" ")[0] for line in main}
+    assert {i.path for i in ours["train"]} == {line.split(" ")[0] for line in lines}  # all
 
 
 def test_openood_cifar10_tree_writes_the_authors_sanity_and_fit(tmp_path: Path) -> None:
@@ -566,3 +566,5 @@ def test_openood_cifar10_tree_writes_the_authors_sanity_and_fit(tmp_path: Path) 
     assert cfg.seed == 1
     assert paths(run / "sanity.txt") == {line.split(" ")[0] for line in sub}
     assert paths(run / "fit.txt") == {line.split(" ")[0] for line in build}
+    # train: every line of the training list (the official statistics' set)
+    assert paths(run / "train.txt") == {line.split(" ")[0] for line in lines if line.strip()}

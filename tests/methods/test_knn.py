@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from optuna.trial import FixedTrial
@@ -125,15 +127,21 @@ def test_bank_kept_on_a_prepared_split_only() -> None:
 def test_official_and_space() -> None:
     small = CacheInfo("digits_resnet", "digits", 5, 128, ("avgpool",), 30)
     digits = CacheInfo("digits_resnet", "digits", 5, 128, ("avgpool",), 488)
-    imagenet = CacheInfo("resnet50", "imagenet", 1000, 2048, ("avgpool",), 100_000)
+    imagenet = CacheInfo("resnet50", "imagenet", 1000, 2048, ("avgpool",), 1000, (), 100_000)
+    full = CacheInfo("resnet50", "imagenet_classic", 1000, 2048, ("avgpool",), 1000, (), 1_281_167)
     assert KNN.official(digits) == KNN() == KNN(k=50)
     assert KNN.official(small) == KNN(k=30)
-    assert KNN.official(imagenet) == KNN(k=1000)
-    for info in (small, digits, imagenet):
+    # knn-ood: k = 1000 on the full 1.28M bank, proportionally less on a sampled one
+    assert KNN.official(full) == KNN(k=1000)
+    assert KNN.official(imagenet) == KNN(k=78)  # round(1000 * 100,000 / 1,281,167)
+    tiny = dataclasses.replace(imagenet, train_size=500)
+    assert KNN.official(tiny) == KNN(k=1)  # round(0.39) = 0, at least 1
+    for info in (small, digits, imagenet, full):
         official = KNN.official(info)
         trial = FixedTrial(KNN.to_trial(official.params()))
         assert KNN(**KNN.space(trial, info)) == official
     assert KNN.grid(imagenet) == {"k": [50, 100, 200, 500, 1000]}
+    assert KNN.space(FixedTrial({"k": 2000}), imagenet) == {"k": 2000}  # bounded by the bank
     assert KNN.grid(digits) == {"k": [50, 100, 200]}
     assert KNN.grid(small) is None
     for k in (50, 100, 200):

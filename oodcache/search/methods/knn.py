@@ -9,10 +9,13 @@ Reads: features. Statistics: the bank is the ID-train split (the ``fit`` split w
 no ``train`` split). The bank must be disjoint from every scored set: scores of the split the bank
 came from (and of a ``fit`` split drawn from the same training images) include self-matches at
 distance 0 and are optimistic; ``oodcache score`` warns when asked to score such a split.
-Defaults: k = 50 (OpenOOD v1.5, official CIFAR), trial 0; ``official`` gives k = 1000 (official
-ImageNet-1K ResNet-50). Both are capped at the fit-split size. Space: integer k log-uniform in
-[1, min(2000, fit-split size)] (the fit size stands for the bank size, which ``CacheInfo`` lacks);
-grid {50, 100, 200, 500, 1000} (OpenOOD v1.5) up to that size.
+Defaults (trial 0): k = 50 (OpenOOD v1.5 and official CIFAR, on the full training set); on
+ImageNet-1K ResNet-50, knn-ood's rule for a sampled bank: k = 1000 for all 1,281,167 training
+images and proportionally less for a share α of them (their paper: α = 1 %, k = 10), so
+k = round(1000·|bank|/1,281,167), 78 for the shipped 100,000-image ``train`` split. Caching all
+1.28M features (about 10 GB at 2048-d) is left to the user (raise the split's ``size``); k follows.
+All defaults are capped at the bank size. Space: integer k log-uniform in [1, min(2000, bank
+size)]; grid {50, 100, 200, 500, 1000} (OpenOOD v1.5) up to the bank size.
 Deviations: none. Queries are processed in chunks so that no (queries × bank) block exceeds
 ``CHUNK_BYTES``; distances use ‖a‖² + ‖b‖² − 2a·b in float32 on exactly normalised vectors. A
 prepared split (the search's) keeps its 2,000 nearest distances, so that a trial is a lookup.
@@ -42,6 +45,8 @@ from oodcache.search.settings import Setting
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 2**20  #: budget of one (queries × bank) distance block
+#: ImageNet-1K training images: the bank of knn-ood's official k = 1000
+IMAGENET1K_TRAIN_SIZE = 1_281_167
 
 
 #: nearest distances kept per query row, so that every k up to this (the space's upper bound)
@@ -104,20 +109,27 @@ class KNN(Scorer):
     key = "knn"
     requires = ("features",)
     statistics = ("train",)
+    note = (
+        "ImageNet-1K k scales with the cached bank: k = 1000 on all 1,281,167 training images "
+        "(knn-ood), round(1000·|bank|/1,281,167) on a sample (78 for the shipped 100k train split), "
+        "as the paper does for its α-sampled banks; elsewhere k = 50 on the full training list"
+    )
     k: int = 50
 
     @classmethod
     def official(cls, info: CacheInfo) -> Self:
-        imagenet = info.setting == Setting.IMAGENET1K_RESNET50
-        return cls(k=min(1000 if imagenet else 50, info.fit_size))
+        bank = info.bank_size
+        if info.setting == Setting.IMAGENET1K_RESNET50:
+            return cls(k=max(1, min(round(1000 * bank / IMAGENET1K_TRAIN_SIZE), 1000, bank)))
+        return cls(k=min(50, bank))
 
     @classmethod
     def space(cls, trial: optuna.Trial, info: CacheInfo) -> dict[str, Any]:
-        return {"k": trial.suggest_int("k", 1, max(1, min(2000, info.fit_size)), log=True)}
+        return {"k": trial.suggest_int("k", 1, max(1, min(2000, info.bank_size)), log=True)}
 
     @classmethod
     def grid(cls, info: CacheInfo) -> dict[str, list[Any]] | None:
-        ks = [k for k in (50, 100, 200, 500, 1000) if k <= info.fit_size]  # OpenOOD v1.5
+        ks = [k for k in (50, 100, 200, 500, 1000) if k <= info.bank_size]  # OpenOOD v1.5
         return {"k": ks} if ks else None
 
     def fit(self, stats: Stats) -> Self:
