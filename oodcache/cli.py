@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,14 @@ def _report_parser(sub: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures (faster)")
+    p.add_argument(
+        "--study-storage",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a database URL the report may read studies from (repeatable); without it, only "
+        "the journals in studies/ beside the cache are read, whatever a best file names",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -564,7 +573,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _report(
-    caches: list[Path], *, fpr: str, out: Path | None, n_boot: int, seed: int, figures: bool
+    caches: list[Path],
+    *,
+    fpr: str,
+    out: Path | None,
+    n_boot: int,
+    seed: int,
+    figures: bool,
+    study_urls: Sequence[str] = (),
 ) -> Path:
     from oodcache.evaluate.replay import load_best, searched_methods, write_scores
     from oodcache.evaluate.report import build_checkpoint_report
@@ -573,7 +589,13 @@ def _report(
         for method in searched_methods(cache):
             write_scores(cache, method, load_best(cache, method, verify=True)["params"])
     _, folder = build_checkpoint_report(
-        caches, fpr_convention=fpr, out_dir=out, n_boot=n_boot, seed=seed, figures=figures
+        caches,
+        fpr_convention=fpr,
+        out_dir=out,
+        n_boot=n_boot,
+        seed=seed,
+        figures=figures,
+        study_urls=study_urls,
     )
     return folder
 
@@ -602,6 +624,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         n_boot=args.bootstrap,
         seed=args.seed,
         figures=not args.no_figures,
+        study_urls=args.study_storage,
     )
     _print_summary(folder)
     return 0

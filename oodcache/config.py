@@ -85,9 +85,11 @@ class MissingFileError(ConfigError, FileNotFoundError):
 #: How a recorded layer's output is pooled per channel (implemented in ``extract/recorder.py``).
 LAYER_REDUCTIONS = ("sum_hw", "sum_tokens", "cls_token")
 #: Where an architecture's test-time preprocessing comes from (``preprocess: {from: ...}``).
-PREPROCESS_SOURCES = ("torchvision", "timm", "benchmark")
+PREPROCESS_SOURCES = ("torchvision", "timm", "benchmark", "arch")
+#: Keys a preprocessing written out in a config (``from: arch``, a benchmark's ``preprocess``) needs.
+PREPROCESS_KEYS = ("resize", "crop", "mean", "std")
 #: Kinds of default weights an arch YAML may name (``weights: {<kind>: ...}``).
-WEIGHTS_KINDS = ("torchvision", "timm", "openood", "file")
+WEIGHTS_KINDS = ("torchvision", "timm", "openood", "file", "files")
 
 
 @dataclass(frozen=True)
@@ -109,10 +111,13 @@ class ArchConfig:
     ``num_classes: null`` takes the benchmark's class count (OpenOOD's CIFAR ResNet-18 serves
     CIFAR-10 and CIFAR-100). ``preprocess`` says where test-time transforms come from:
     ``{from: torchvision, weights: <Enum.MEMBER>}``, ``{from: timm}`` (data config of
-    ``options.model``) or ``{from: benchmark}`` (the benchmark's ``options.preprocess``).
+    ``options.model``), ``{from: benchmark}`` (the benchmark's ``options.preprocess``) or
+    ``{from: arch, resize, crop, mean, std[, interpolation]}`` (the arch's own constants, for every
+    benchmark: DenseNet-BC-100 of the DICE repository).
     ``weights`` names the default weights file: ``{torchvision: <Enum.MEMBER>}``, ``{timm: true}``
-    (Hugging Face cache of ``options.model``), ``{openood: {<benchmark>: <run>/s0/best.ckpt}}`` or
-    ``{file: <name>}`` (both under the torch hub checkpoints folder); ``--weights PATH`` overrides.
+    (Hugging Face cache of ``options.model``), ``{openood: {<benchmark>: <run>/s0/best.ckpt}}``,
+    ``{file: <name>}`` or ``{files: {<benchmark>: <name>}, source: <where it comes from>}`` (all
+    three under the torch hub checkpoints folder); ``--weights PATH`` overrides.
     ``benchmark`` is the arch's natural benchmark, the default of ``extract --benchmark`` and of
     the Makefile's ``BENCH`` (``resnet50`` -> ``imagenet``).
     """
@@ -240,12 +245,19 @@ def validate_arch(arch: ArchConfig, where: str) -> None:
         )
     if source == "torchvision" and "weights" not in arch.preprocess:
         raise ConfigError(f"{where}: preprocess from torchvision needs 'weights: <Enum.MEMBER>'")
+    if source == "arch" and (missing := sorted(set(PREPROCESS_KEYS) - arch.preprocess.keys())):
+        raise ConfigError(
+            f"{where}: preprocess from arch needs {list(PREPROCESS_KEYS)}; missing {missing}"
+        )
     kinds = sorted(set(arch.weights) & set(WEIGHTS_KINDS))
     if arch.weights and len(kinds) != 1:
         raise ConfigError(
             f"{where}: 'weights' needs exactly one of {list(WEIGHTS_KINDS)}, "
             f"got {sorted(arch.weights)}"
         )
+    for kind in ("openood", "files"):
+        if kind in arch.weights and not isinstance(arch.weights[kind], dict):
+            raise ConfigError(f"{where}: weights.{kind} must map benchmark names to files")
     if arch.num_classes is not None and arch.num_classes < 1:
         raise ConfigError(f"{where}: num_classes must be positive (or null: the benchmark's)")
 

@@ -147,29 +147,43 @@ def histogram_figures(
 # --- studies -------------------------------------------------------------------------------------
 
 
-def study_location(cache_path: Path, best: Mapping[str, Any]) -> str | None:
-    """The storage of a method's study: the ``storage`` recorded in best/<method>.json.
+def study_location(
+    cache_path: Path, best: Mapping[str, Any], study_urls: Sequence[str] = ()
+) -> str | None:
+    """Where the report may read a method's study, from the ``storage`` in best/<method>.json, or
+    None: only from where the tool puts studies, so that a best file can make the report neither
+    create nor change a file or database elsewhere, nor connect anywhere.
 
-    A database URL is returned as is. A relative journal path was written relative to the working
-    directory of the search; the journal beside the cache (``studies/<file name>``) is preferred,
-    so a copied or moved run folder still finds its own studies. None when no journal exists.
+    A journal is read only from ``studies/`` beside the cache, by its file name (a copied or moved
+    run folder still finds its own studies). A database URL is used only when the user named it
+    (``study_urls``: ``oodcache report --study-storage URL``); otherwise the study is skipped with
+    a log line and the report goes on without its figures.
     """
     storage = best.get("storage")
     if not storage:
         return None
     storage = str(storage)
     if "://" in storage:
-        return storage
-    path = Path(storage)
-    candidates = [path] if path.is_absolute() else [studies_dir(cache_path) / path.name, path]
-    return next((str(p) for p in candidates if p.is_file()), None)
+        if storage in study_urls:
+            return storage
+        log.warning(
+            "%s: the study is in a database (%s) the report does not open unless asked to; "
+            "pass --study-storage URL to include its figures",
+            best.get("method"),
+            storage.split("://", 1)[0] + "://…",
+        )
+        return None
+    path = studies_dir(cache_path) / Path(storage).name
+    return str(path) if path.is_file() else None
 
 
-def load_study_readonly(cache_path: Path, best: Mapping[str, Any]) -> optuna.Study | None:
+def load_study_readonly(
+    cache_path: Path, best: Mapping[str, Any], study_urls: Sequence[str] = ()
+) -> optuna.Study | None:
     """The study behind best/<method>.json, or None (with a log line) when it cannot be opened.
 
     A journal file is only read (Optuna's journal reader never writes to an existing file)."""
-    where = study_location(cache_path, best)
+    where = study_location(cache_path, best, study_urls)
     if where is None:
         log.info("no study found for %s (storage %s)", best.get("method"), best.get("storage"))
         return None

@@ -75,8 +75,11 @@ class LoadedRun:
     studies: dict[str, optuna.Study | None] = field(repr=False)
 
 
-def load_run(cache_path: Path, methods: Sequence[str] | None = None) -> LoadedRun:
-    """Read the outputs of ``methods`` (default: every searched method) beside ``cache_path``."""
+def load_run(
+    cache_path: Path, methods: Sequence[str] | None = None, *, study_urls: Sequence[str] = ()
+) -> LoadedRun:
+    """Read the outputs of ``methods`` (default: every searched method) beside ``cache_path``;
+    studies from ``studies/`` only, or from the database URLs in ``study_urls``."""
     methods = list(methods) if methods is not None else searched_methods(cache_path)
     if not methods:
         raise FileNotFoundError(
@@ -91,7 +94,7 @@ def load_run(cache_path: Path, methods: Sequence[str] | None = None) -> LoadedRu
     for m in methods:
         with np.load(scores_dir(cache_path) / f"{m}.npz") as npz:
             scores[m] = {name: npz[name] for name in npz.files}
-    studies = {m: figs.load_study_readonly(cache_path, best[m]) for m in methods}
+    studies = {m: figs.load_study_readonly(cache_path, best[m], study_urls) for m in methods}
     return LoadedRun(
         cache_path, data["cache"], data["splits"], by_role, methods, best, scores, studies
     )
@@ -557,6 +560,7 @@ def build_report(
     seed: int = 0,
     level: float = 0.95,
     figures: bool = True,
+    study_urls: Sequence[str] = (),
 ) -> tuple[str, Path]:
     """Write the report of every searched method of one cache into ``report/`` beside it:
     report.md, report.html, results.csv, results.tex, figures/. Returns (markdown, folder).
@@ -564,7 +568,7 @@ def build_report(
     ``n_boot`` bootstrap resamples (0: no intervals) from ``seed`` give ``level`` intervals.
     """
     md, out, _ = _report_one(
-        load_run(cache_path),
+        load_run(cache_path, study_urls=study_urls),
         fpr_convention=fpr_convention,
         n_boot=n_boot,
         seed=seed,
@@ -687,6 +691,7 @@ def build_checkpoint_report(
     seed: int = 0,
     level: float = 0.95,
     figures: bool = True,
+    study_urls: Sequence[str] = (),
 ) -> tuple[str, Path]:
     """Mean ± std over several checkpoints (caches) of one benchmark and arch.
 
@@ -704,6 +709,7 @@ def build_checkpoint_report(
             seed=seed,
             level=level,
             figures=figures,
+            study_urls=study_urls,
         )
     if not caches:
         raise ValueError("no cache given")
@@ -713,7 +719,7 @@ def build_checkpoint_report(
             "each checkpoint needs its own run folder (best/, scores/ and report/ live beside "
             f"the cache): {[str(p) for p in caches]}"
         )
-    loaded = [load_run(c) for c in caches]
+    loaded = [load_run(c, study_urls=study_urls) for c in caches]
     metas = [r.meta for r in loaded]
     kinds = {(m["benchmark"], m["arch"]) for m in metas}
     if len(kinds) > 1:

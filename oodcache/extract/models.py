@@ -2,9 +2,11 @@
 (never unpickling code, strict key matching) and the layer listing behind ``oodcache layers``.
 
 Builders: ``digits_resnet`` (the embedded benchmark's small ResNet), ``openood_resnet18_32x32``
-(OpenOOD's CIFAR ResNet-18), ``torchvision`` (``torchvision.models.get_model(options.model)``; also
-OpenOOD's ImageNet-200 ResNet-18, a torchvision ResNet-18 with 200 classes) and ``timm``
-(``timm.create_model(options.model)``). ``timm:<model>`` names any timm model without a YAML file.
+(OpenOOD's CIFAR ResNet-18), ``dice_densenet`` (the DICE repository's CIFAR DenseNet-BC;
+``options``: ``depth``, ``growth_rate``, ``reduction``), ``torchvision``
+(``torchvision.models.get_model(options.model)``; also OpenOOD's ImageNet-200 ResNet-18, a
+torchvision ResNet-18 with 200 classes) and ``timm`` (``timm.create_model(options.model)``).
+``timm:<model>`` names any timm model without a YAML file.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from oodcache.config import (
     MissingFileError,
     load_arch,
 )
+from oodcache.extract.dice_densenet import DenseNet3
 from oodcache.extract.openood_resnet import BasicBlock, ResNet18_32x32
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,16 @@ def _openood_resnet18_32x32(cfg: ArchConfig) -> nn.Module:
     return ResNet18_32x32(_classes(cfg))
 
 
+def _dice_densenet(cfg: ArchConfig) -> nn.Module:
+    o = cfg.options
+    return DenseNet3(
+        _classes(cfg),
+        depth=int(o.get("depth", 100)),
+        growth_rate=int(o.get("growth_rate", 12)),
+        reduction=float(o.get("reduction", 0.5)),
+    )
+
+
 def _torchvision(cfg: ArchConfig) -> nn.Module:
     from torchvision import models
 
@@ -117,6 +130,7 @@ def _timm(cfg: ArchConfig) -> nn.Module:
 BUILDERS: dict[str, Callable[[ArchConfig], nn.Module]] = {
     "digits_resnet": _digits_resnet,
     "openood_resnet18_32x32": _openood_resnet18_32x32,
+    "dice_densenet": _dice_densenet,
     "torchvision": _torchvision,
     "timm": _timm,
 }
@@ -271,6 +285,17 @@ def _timm_cached(arch: ArchConfig) -> tuple[Path, str]:
     raise ConfigError(f"arch {arch.name}: timm lists no weights source for {name!r}")
 
 
+def _for_benchmark(arch: ArchConfig, kind: str, benchmark: str, what: str) -> str:
+    """The entry for ``benchmark`` of the arch's per-benchmark weights mapping ``kind``."""
+    entries = arch.weights[kind]
+    if benchmark not in entries:
+        raise MissingFileError(
+            f"arch {arch.name} has no {what} for benchmark {benchmark} "
+            f"(known: {sorted(entries)}); pass --weights PATH (make WEIGHTS=PATH)"
+        )
+    return str(entries[benchmark])
+
+
 def default_weights(arch: ArchConfig, benchmark: str) -> Path:
     """The arch's standard weights file for ``benchmark``; ``MissingFileError`` if absent."""
     spec = arch.weights
@@ -284,14 +309,14 @@ def default_weights(arch: ArchConfig, benchmark: str) -> Path:
     elif "file" in spec:
         path = _checkpoints_dir() / str(spec["file"])
         how = f"Source: {spec['url']}" if "url" in spec else ""
+    elif "files" in spec:
+        path = _checkpoints_dir() / _for_benchmark(
+            arch, "files", benchmark, "default weights file"
+        )
+        how = f"Source: {spec['source']}" if "source" in spec else ""
     elif "openood" in spec:
-        runs = spec["openood"]
-        if benchmark not in runs:
-            raise MissingFileError(
-                f"arch {arch.name} has no OpenOOD checkpoint for benchmark {benchmark} "
-                f"(known: {sorted(runs)}); pass --weights PATH (make WEIGHTS=PATH)"
-            )
-        path = _checkpoints_dir() / OPENOOD_CHECKPOINTS / str(runs[benchmark])
+        run = _for_benchmark(arch, "openood", benchmark, "OpenOOD checkpoint")
+        path = _checkpoints_dir() / OPENOOD_CHECKPOINTS / run
         how = (
             "It is an OpenOOD v1.5 checkpoint (OpenOOD's scripts/download/download.py "
             "--contents checkpoints --checkpoints ood_v1.5 unpacks results/<run>/s<seed>/"

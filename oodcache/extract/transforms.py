@@ -1,11 +1,13 @@
 """Test-time preprocessing, taken from the model library, and robust image decoding.
 
 An arch's ``preprocess`` names the source of truth: ``torchvision`` (the weights enum's
-``transforms()``), ``timm`` (``resolve_data_config`` of the model's pretrained config) or
+``transforms()``), ``timm`` (``resolve_data_config`` of the model's pretrained config),
 ``benchmark`` (the benchmark's ``options.preprocess``: resize, crop, interpolation, mean, std, as
-OpenOOD's test preprocessor for models trained without a library preset, e.g. its CIFAR nets).
-Constants are never copied into code. An arch built at a smaller ``input_size`` (tests) keeps the
-source's resize/crop ratio, interpolation, mean and std.
+OpenOOD's test preprocessor for models trained without a library preset, e.g. its CIFAR nets) or
+``arch`` (the same keys in the arch YAML itself, for a model whose own test transform holds on
+every benchmark, e.g. the DICE repository's CIFAR DenseNet). Constants are never copied into
+code. An arch built at a smaller ``input_size`` (tests) keeps the source's resize/crop ratio,
+interpolation, mean and std.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from oodcache.config import ArchConfig, BenchmarkConfig, ConfigError
+from oodcache.config import PREPROCESS_KEYS, ArchConfig, BenchmarkConfig, ConfigError
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
@@ -113,7 +115,12 @@ def _benchmark(arch: ArchConfig, bench: BenchmarkConfig) -> Preprocess:
         raise ConfigError(
             f"arch {arch.name} takes its preprocessing from the benchmark, but {where} is missing"
         )
-    missing = sorted({"resize", "crop", "mean", "std"} - p.keys())
+    return _written_out(arch, p, where, f"benchmark:{bench.name}")
+
+
+def _written_out(arch: ArchConfig, p: dict[str, Any], where: str, source: str) -> Preprocess:
+    """resize, crop, interpolation (default bilinear), mean and std as written in a config."""
+    missing = sorted(set(PREPROCESS_KEYS) - p.keys())
     if missing:
         raise ConfigError(f"{where}: missing keys {missing}")
     interpolation = str(p.get("interpolation", "bilinear"))
@@ -126,7 +133,7 @@ def _benchmark(arch: ArchConfig, bench: BenchmarkConfig) -> Preprocess:
         mean=tuple(float(v) for v in p["mean"]),
         std=tuple(float(v) for v in p["std"]),
         interpolation=interpolation,
-        source=f"benchmark:{bench.name}",
+        source=source,
     )
 
 
@@ -143,9 +150,13 @@ def build_preprocess(arch: ArchConfig, bench: BenchmarkConfig) -> Preprocess:
         return _timm(arch)
     if source == "benchmark":
         return _benchmark(arch, bench)
+    if source == "arch":
+        return _written_out(
+            arch, arch.preprocess, f"arch {arch.name} (preprocess)", f"arch:{arch.name}"
+        )
     raise ConfigError(
         f"arch {arch.name} declares no image preprocessing (preprocess: {{from: torchvision|timm|"
-        f"benchmark}}), so it cannot run on the image benchmark {bench.name}"
+        f"benchmark|arch}}), so it cannot run on the image benchmark {bench.name}"
     )
 
 

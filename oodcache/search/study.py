@@ -23,6 +23,7 @@ from oodcache.config import best_dir, studies_dir
 from oodcache.faultpoints import faultpoint
 from oodcache.metrics import auroc, fpr_at_95
 from oodcache.search.base import CacheInfo, Scorer, Stats, get_scorer
+from oodcache.search.journal import check_journal
 from oodcache.search.ops import prepare
 from oodcache.search.recovery import WORKER_ATTR, recover_stale_trials, worker_id
 
@@ -167,13 +168,16 @@ def default_storage(cache_path: Path, method: str) -> str:
 
 def open_storage(storage: str, *, create: bool = True) -> optuna.storages.BaseStorage | str:
     """A database URL passes through; a file path becomes an Optuna journal file (its folder
-    is made unless ``create`` is False: readers such as the report never create anything)."""
+    is made unless ``create`` is False: readers such as the report never create anything).
+    The journal is checked first (``search/journal.py``): a foreign file is refused, and a
+    writer (``create``) sets an unfinished last record aside before appending."""
     if "://" in storage:
         return storage
     from optuna.storages.journal import JournalFileBackend
 
     if create:
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    check_journal(Path(storage), repair=create)
     return optuna.storages.JournalStorage(JournalFileBackend(storage))
 
 
@@ -225,6 +229,13 @@ def open_study(
         sampler=make_sampler(sampler, seed, grid),
         load_if_exists=True,
     )
+    want = [optuna.study.StudyDirection[d.upper()] for _, d in OBJECTIVES[objective]]
+    if list(study.directions) != want:
+        raise StudyMismatchError(
+            f"study {study.study_name!r} in {url} optimises {[d.name for d in study.directions]}, "
+            f"not {[d.name for d in want]} (objective {objective!r}); its best trial would be "
+            "the wrong one. Use another --storage or delete the study"
+        )
     fingerprint = cache.fingerprint()
     known = study.user_attrs.get("cache_fingerprint")
     if known is None:

@@ -24,7 +24,14 @@ from test_imagelists import build_tree
 from torch import Tensor, nn
 
 from oodcache.cache import Cache
-from oodcache.config import ArchConfig, MissingFileError, load_arch, load_benchmark
+from oodcache.config import (
+    CONFIG_DIR,
+    ArchConfig,
+    ConfigError,
+    MissingFileError,
+    load_arch,
+    load_benchmark,
+)
 from oodcache.extract.data import load_splits
 from oodcache.extract.models import (
     WeightsError,
@@ -145,6 +152,39 @@ def _bit(m: Any, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     )
 
 
+def _bn_relu(bn: Any, t: Tensor) -> Tensor:
+    return F.relu(F.batch_norm(t, bn.running_mean, bn.running_var, bn.weight, bn.bias, False))
+
+
+def _dense_block(block: Any, t: Tensor) -> Tensor:
+    for u in block.layer:
+        y = F.conv2d(_bn_relu(u.bn1, t), u.conv1.weight)
+        t = torch.cat([t, F.conv2d(_bn_relu(u.bn2, y), u.conv2.weight, padding=1)], 1)
+    return t
+
+
+def _dice_densenet(m: Any, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """DICE's DenseNet3.forward (models/densenet.py), written out with functional ops."""
+    t1 = F.avg_pool2d(
+        F.conv2d(
+            _bn_relu(m.trans1.bn1, _dense_block(m.block1, F.conv2d(x, m.conv1.weight, padding=1))),
+            m.trans1.conv1.weight,
+        ),
+        2,
+    )
+    t2 = F.avg_pool2d(
+        F.conv2d(_bn_relu(m.trans2.bn1, _dense_block(m.block2, t1)), m.trans2.conv1.weight), 2
+    )
+    b3 = _dense_block(m.block3, t2)
+    pooled = F.avg_pool2d(_bn_relu(m.bn1, b3), 8)
+    h = pooled.view(-1, 342)
+    return (
+        F.linear(h, m.fc.weight, m.fc.bias),
+        h,
+        {"avgpool": pooled, "block3": b3, "trans2": t2, "trans1": t1},
+    )
+
+
 def _timm_resnet(m: Any, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     x = m.maxpool(m.act1(m.bn1(m.conv1(x))))
     a1 = m.layer1(x)
@@ -160,6 +200,7 @@ Manual = Callable[[Any, Tensor], tuple[Tensor, Tensor, dict[str, Tensor]]]
 CASES: dict[str, tuple[Manual | None, dict[str, Any], str]] = {
     "resnet18_32x32": (_openood_resnet, {}, ".ckpt"),
     "resnet18_224x224": (_tv_resnet, {}, ".ckpt"),
+    "densenet100": (_dice_densenet, {}, ".pth.tar"),
     "resnet50": (_tv_resnet, {}, ".pth"),
     "resnet50_v2": (_tv_resnet, {}, ".pth"),
     "mobilenet_v2": (_mobilenet, {}, ".pth"),
@@ -187,6 +228,10 @@ def _pool(t: Tensor, reduction: str) -> Tensor:
 def _close(actual: np.ndarray, expected: np.ndarray, rtol: float = 2e-4) -> None:
     scale = float(np.abs(expected).max()) or 1.0
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def _dice_checkpoint(model: nn.Module) -> dict[str, Any]:
+    return {"epoch": 100, "arch": "densenet", "state_dict": model.state_dict(), "best_prec1": 95.0}
 
 
 def _small(name: str, changes: dict[str, Any]) -> ArchConfig:
@@ -248,6 +293,8 @@ def test_extract_every_arch(name: str, tmp_path: Path) -> None:
         from safetensors.torch import save_file
 
         save_file(model.state_dict(), str(weights))
+    elif suffix == ".pth.tar":  # the DICE repository's checkpoint dict
+        torch.save(_dice_checkpoint(model), weights)
     else:
         torch.save(model.state_dict(), weights)
     bench_file = _bench_yaml(tmp_path, k)
@@ -340,6 +387,119 @@ def test_openood_resnet_state_dict_names() -> None:
     }
     assert sum(k.endswith("conv2.weight") for k in keys) == 8  # 4 stages x 2 BasicBlocks
     assert len(keys) == 122
+
+
+def _official_densenet_keys() -> list[str]:
+    """State-dict keys of DICE's DenseNet3(100, K, 12, 0.5, bottleneck=True), in module order."""
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    keys = ["conv1.weight"]
+    for b in (1, 2, 3):
+        for i in range(16):
+            u = f"block{b}.layer.{i}."
+            keys += [f"{u}bn1.{s}" for s in bn] + [f"{u}conv1.weight"]
+            keys += [f"{u}bn2.{s}" for s in bn] + [f"{u}conv2.weight"]
+        if b < 3:
+            keys += [f"trans{b}.bn1.{s}" for s in bn] + [f"trans{b}.conv1.weight"]
+    return [*keys, *(f"bn1.{s}" for s in bn), "fc.weight", "fc.bias"]
+
+
+def _densenet(k: int) -> nn.Module:
+    return build_model(dataclasses.replace(load_arch("densenet100"), num_classes=k)).eval()
+
+
+def test_dice_densenet_state_dict_is_the_official_module_tree() -> None:
+    """Keys (names and order), shapes and size of DICE's DenseNet-BC-100 (models/densenet.py)."""
+    model = _densenet(10)
+    state = model.state_dict()
+    assert list(state) == _official_densenet_keys() and len(state) == 596
+    shapes = {
+        "conv1.weight": (24, 3, 3, 3),
+        "block1.layer.0.bn1.running_mean": (24,),
+        "block1.layer.0.conv1.weight": (48, 24, 1, 1),
+        "block1.layer.15.conv2.weight": (12, 48, 3, 3),
+        "trans1.conv1.weight": (108, 216, 1, 1),
+        "block2.layer.0.bn1.weight": (108,),
+        "trans2.conv1.weight": (150, 300, 1, 1),
+        "block3.layer.15.conv1.weight": (48, 330, 1, 1),
+        "bn1.running_var": (342,),
+        "fc.weight": (10, 342),
+    }
+    assert {k: tuple(state[k].shape) for k in shapes} == shapes
+    assert sum(p.numel() for p in model.parameters()) == 769_162  # K = 10 (DICE's file: the same)
+    assert sum(p.numel() for p in _densenet(100).parameters()) == 800_032
+
+
+def test_dice_checkpoint_loads_strictly_and_runs_the_official_forward(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    ref = _densenet(100)
+    _randomise_bn(ref, seed=4)
+    path = tmp_path / "checkpoint_100.pth.tar"
+    torch.save(_dice_checkpoint(ref), path)  # epoch, arch, best_prec1: plain int / str / float
+    model = _densenet(100)
+    load_weights(model, path)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, ref.state_dict()[key], rtol=0, atol=0)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        logits, h, acts = _dice_densenet(model, x)
+        torch.testing.assert_close(model(x), logits)
+    assert h.shape == (3, 342)
+    assert {a: tuple(t.shape[1:]) for a, t in acts.items()} == {
+        "avgpool": (342, 1, 1),
+        "block3": (342, 8, 8),
+        "trans2": (150, 8, 8),
+        "trans1": (108, 16, 16),
+    }
+    with pytest.raises(ValueError, match="expects 32×32 inputs"):
+        model(torch.zeros(1, 3, 64, 64))  # the official view(-1, 342) would fold it into the batch
+
+
+def test_dice_checkpoint_with_other_names_is_refused_with_a_diff(tmp_path: Path) -> None:
+    ckpt = _dice_checkpoint(_densenet(100))
+    ckpt["state_dict"] = {
+        k.replace("block1.layer.", "block1."): v for k, v in ckpt["state_dict"].items()
+    }
+    path = tmp_path / "checkpoint_100.pth.tar"
+    torch.save(ckpt, path)
+    with pytest.raises(WeightsError) as info:
+        load_weights(_densenet(10), path)
+    msg = str(info.value)
+    assert (
+        "missing keys (in the model, not in the file) (192):\n      block1.layer.0.bn1.bias" in msg
+    )
+    assert "unexpected keys (in the file, not in the model) (192):\n      block1.0.bn1.bias" in msg
+    assert "fc.weight: file (100, 342) vs model (10, 342)" in msg
+
+
+def test_densenet_takes_the_dice_repositorys_transform_on_every_benchmark() -> None:
+    """DICE's ood_eval.py transform_test, on CIFAR-10, CIFAR-100 and OOD images alike."""
+    from PIL import Image
+    from torchvision import transforms
+
+    dice = transforms.Compose(
+        [
+            transforms.Resize(32),
+            transforms.CenterCrop(32),
+            transforms.ToTensor(),
+            transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+        ]
+    )
+    arch = load_arch("densenet100")
+    rng = np.random.default_rng(0)
+    for bench in ("cifar10", "cifar100"):
+        pre = build_preprocess(arch, load_benchmark(bench))
+        assert pre.std == (0.2023, 0.1994, 0.2010) and pre.spec["from"] == "arch:densenet100"
+        for size in ((32, 32), (40, 36), (64, 64)):
+            img = Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+            torch.testing.assert_close(pre.transform(img), dice(img), rtol=0, atol=1e-6)
+
+
+def test_preprocess_from_arch_needs_its_constants(tmp_path: Path) -> None:
+    text = (CONFIG_DIR / "archs" / "densenet100.yaml").read_text()
+    path = tmp_path / "mine.yaml"
+    path.write_text(text.replace("  std: [0.2023, 0.1994, 0.2010]\n", ""))
+    with pytest.raises(ConfigError, match=r"preprocess from arch needs .*missing \['std'\]"):
+        load_arch(str(path))
 
 
 # --- weights loading ---
@@ -444,17 +604,23 @@ def test_default_weights_name_the_exact_file_and_folder(
         / "openood/cifar100_resnet18_32x32_base_e100_lr0.1_default/s0/best.ckpt",
         ("resnet18_224x224", "imagenet200"): ckpts
         / "openood/imagenet200_resnet18_224x224_base_e90_lr0.1_default/s0/best.ckpt",
+        ("densenet100", "cifar10"): ckpts / "dice/CIFAR-10/densenet/checkpoint_100.pth.tar",
+        ("densenet100", "cifar100"): ckpts / "dice/CIFAR-100/densenet/checkpoint_100.pth.tar",
     }
     for (arch, bench), path in expected.items():
         with pytest.raises(MissingFileError) as info:
             default_weights(load_arch(arch), bench)
         msg = str(info.value)
         assert f"expected at {path} (folder {path.parent}" in msg and "--weights PATH" in msg
+        if arch == "densenet100":
+            assert "github.com/deeplearning-wisc/dice" in msg and "Nothing is downloaded" in msg
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
         assert default_weights(load_arch(arch), bench) == path
     with pytest.raises(MissingFileError, match="no OpenOOD checkpoint for benchmark imagenet"):
         default_weights(load_arch("resnet18_32x32"), "imagenet")
+    with pytest.raises(MissingFileError, match="no default weights file for benchmark imagenet"):
+        default_weights(load_arch("densenet100"), "imagenet")
 
 
 def test_timm_weights_are_looked_up_in_the_hugging_face_cache(
@@ -510,6 +676,12 @@ def test_list_layers_reports_output_shapes() -> None:
     assert rows["layer2"] == ("Sequential", (128, 16, 16))
     assert rows["layer1"] == ("Sequential", (64, 32, 32))
     assert rows["layer1.0.conv1"] == ("Conv2d", (64, 32, 32))
+    dense = {name: (kind, shape) for name, kind, shape in list_layers("densenet100")}
+    assert dense["avgpool"] == ("AvgPool2d", (342, 1, 1))
+    assert dense["block3"] == ("DenseBlock", (342, 8, 8))
+    assert dense["trans2"] == ("Transition", (150, 8, 8))
+    assert dense["trans1"] == ("Transition", (108, 16, 16))
+    assert dense["block1"] == ("DenseBlock", (216, 32, 32)) and dense["fc"] == ("Linear", (10,))
     mobile = {name: shape for name, _, shape in list_layers("mobilenet_v2", 64)}
     assert mobile["features.18"] == (1280, 2, 2) and mobile["features.3"] == (24, 16, 16)
     assert mobile["classifier.1"] == (1000,)

@@ -24,6 +24,7 @@ CATEGORIES = {
     "cache": "7. Wrong cache",
     "concurrency": "8. Concurrency",
     "determinism": "9. Determinism",
+    "storage": "10. Study storage",
 }
 
 CASES: dict[str, Case] = {
@@ -284,5 +285,36 @@ CASES: dict[str, Case] = {
         "determinism",
         "the same 8-trial seeded search on two copies of a cache",
         "identical trials, values and best-parameters record",
+    ),
+    # 10 study storage ------------------------------------------------------------------------
+    "storage-journal-partial-line": Case(
+        "storage",
+        "a 3-trial search, then an unfinished last journal record appended (a write cut by a full "
+        "disk), then `--until 5`",
+        "the unfinished bytes moved to `react.journal.partial-1`, exit 0, 5 complete trials with "
+        "the first 3 unchanged; every later read of the study works",
+    ),
+    "storage-foreign-file": Case(
+        "storage",
+        "`--storage` naming an existing text file and an existing binary file",
+        "exit 2 naming the file and line (not an Optuna journal); both files byte-identical",
+    ),
+    "storage-direction-mismatch": Case(
+        "storage",
+        "a journal whose study `react` minimises, then `oodcache search --method react` (maximises "
+        "AUROC) on it",
+        "exit 2 naming both directions; no trial added, no best file",
+    ),
+    "storage-unknown-opcode": Case(
+        "storage",
+        "a journal with a record of unknown op code 99",
+        "exit 2 naming the line, no traceback; the file unchanged",
+    ),
+    "storage-report-foreign-study": Case(
+        "storage",
+        "a best file whose `storage` names a SQLite file elsewhere, an unreachable PostgreSQL "
+        "host, or a journal path outside the run folder, then `oodcache report`",
+        "exit 0 without those studies' figures (a log line says how to include a database); no "
+        "file created outside the run folder, no connection attempted",
     ),
 }

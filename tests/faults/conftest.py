@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -102,3 +103,11 @@ def tiny_reference(tiny_extract: TinyExtract, tmp_path_factory: pytest.TempPathF
 def no_fault(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("OODCACHE_FAULT", raising=False)
     yield
+
+
+@pytest.fixture
+def cache(tiny_reference: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny reference cache (tests may damage it)."""
+    out = tmp_path / "cache.h5"
+    shutil.copy2(tiny_reference, out)
+    return out

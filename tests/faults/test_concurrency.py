@@ -5,7 +5,6 @@ one of them is killed mid-trial."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import time
@@ -82,13 +81,6 @@ def _search(
 def _finish(proc: subprocess.Popen[bytes]) -> int:
     proc.communicate(timeout=300)
     return proc.returncode
-
-
-@pytest.fixture
-def cache(tiny_reference: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "cache.h5"
-    shutil.copy2(tiny_reference, out)
-    return out
 
 
 def _pg_study(cache: Path, url: str, method: str) -> optuna.Study:

@@ -8,7 +8,6 @@ study up. When the killed trial was trial 0 (the official configuration), it is 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -38,13 +37,6 @@ def _study(cache: Path) -> optuna.Study:
         JournalFileBackend(str(cache.parent / "studies" / "react.journal"))
     )
     return optuna.load_study(study_name="react", storage=storage)
-
-
-@pytest.fixture
-def cache(tiny_reference: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "cache.h5"
-    shutil.copy2(tiny_reference, out)
-    return out
 
 
 @case("crash-search-mid-trial")

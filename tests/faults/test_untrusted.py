@@ -6,7 +6,6 @@ path in an image list cannot leave its root."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import h5py
@@ -58,13 +57,6 @@ def test_yaml_with_a_python_tag_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.fixture
-def cache_copy(tiny_reference: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "cache.h5"
-    shutil.copy2(tiny_reference, out)
-    return out
-
-
 @case("untrusted-cache-attrs")
 @pytest.mark.parametrize(
     ("key", "text"),
@@ -77,12 +69,12 @@ def cache_copy(tiny_reference: Path, tmp_path: Path) -> Path:
     ids=["code-in-config", "python-tuple", "not-pairs", "not-object"],
 )
 def test_cache_attributes_are_parsed_not_evaluated(
-    cache_copy: Path, key: str, text: str, tmp_path: Path
+    cache: Path, key: str, text: str, tmp_path: Path
 ) -> None:
     marker = tmp_path / "ran"
-    with h5py.File(cache_copy, "a") as f:
+    with h5py.File(cache, "a") as f:
         f.attrs[key] = text.replace("{marker}", str(marker))
-    with Cache(cache_copy) as c, pytest.raises(CacheError, match=rf"cache\.h5: attribute '{key}'"):
+    with Cache(cache) as c, pytest.raises(CacheError, match=rf"cache\.h5: attribute '{key}'"):
         c.config() if key == "config" else c.odin_grid  # noqa: B018 - the read is the test
     assert not marker.exists()
 
@@ -97,20 +89,18 @@ def test_cache_attributes_are_parsed_not_evaluated(
     ],
     ids=["python-literal", "params-not-object", "other-method"],
 )
-def test_malformed_best_parameters_are_a_clear_error(
-    cache_copy: Path, text: str, pattern: str
-) -> None:
-    best = cache_copy.parent / "best" / "react.json"
+def test_malformed_best_parameters_are_a_clear_error(cache: Path, text: str, pattern: str) -> None:
+    best = cache.parent / "best" / "react.json"
     best.parent.mkdir()
     best.write_text(text)
     with pytest.raises(ValueError, match=pattern):
-        load_best(cache_copy, "react")
+        load_best(cache, "react")
 
 
 @case("untrusted-best-unknown-param")
-def test_unknown_parameter_in_best_file_is_named(cache_copy: Path) -> None:
+def test_unknown_parameter_in_best_file_is_named(cache: Path) -> None:
     with pytest.raises(ValueError, match=r"react: unknown parameters \['__class__'\]"):
-        fitted(cache_copy, "react", json.loads('{"__class__": 1}'))
+        fitted(cache, "react", json.loads('{"__class__": 1}'))
 
 
 @case("untrusted-list-path-escape")

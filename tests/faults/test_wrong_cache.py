@@ -23,13 +23,6 @@ from oodcache.cache.schema import FORMAT_VERSION
 case = pytest.mark.case
 
 
-@pytest.fixture
-def cache(tiny_reference: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "cache.h5"
-    shutil.copy2(tiny_reference, out)
-    return out
-
-
 def _search(cache: Path, method: str, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = cli("search", "--cache", str(cache), "--method", method, *args)
     return subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=300)

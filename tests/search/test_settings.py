@@ -18,6 +18,8 @@ EXPECTED = {
     ("imagenet_classic", "vit_b_16"): Setting.IMAGENET1K_VIT_B_16,
     ("cifar10", "resnet18_32x32"): Setting.CIFAR10_RESNET18,
     ("cifar100", "resnet18_32x32"): Setting.CIFAR100_RESNET18,
+    ("cifar10", "densenet100"): Setting.CIFAR10_DENSENET,
+    ("cifar100", "densenet100"): Setting.CIFAR100_DENSENET,
 }
 
 
@@ -48,6 +50,38 @@ def test_densenet_on_cifar() -> None:
     assert published_setting("cifar10", "densenet100") == Setting.CIFAR10_DENSENET
     assert published_setting("cifar100", "densenet_bc_100") == Setting.CIFAR100_DENSENET
     assert published_setting("imagenet", "densenet100") is None
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "expected"),
+    [
+        (
+            "cifar10",
+            {
+                "dice": {"p": 90.0},
+                "ash": {"percentile": 95.0, "variant": "S"},
+                "line": {"p_w": 90.0, "p_a": 90.0, "clip_threshold": 1.0},
+            },
+        ),
+        (
+            "cifar100",
+            {
+                "dice": {"p": 90.0},
+                "ash": {"percentile": 95.0, "variant": "S"},
+                "line": {"p_w": 90.0, "p_a": 10.0, "clip_threshold": 1.0},
+            },
+        ),
+    ],
+)
+def test_densenet100_starts_from_the_official_cifar_densenet_values(
+    benchmark: str, expected: dict[str, dict[str, object]]
+) -> None:
+    """The built-in densenet100 arch counts as the DICE/ASH/LINe CIFAR DenseNet-BC-100 setting,
+    so trial 0 of each is its paper's official CIFAR value (DICE p = 90; ASH-S@95; LINe
+    p_w / p_a / tau = 90 / 90 / 1.0 on CIFAR-10, 90 / 10 / 1.0 on CIFAR-100)."""
+    for key, values in expected.items():
+        params = scorers()[key].official(info(benchmark, "densenet100")).params()
+        assert {k: params[k] for k in values} == values
 
 
 @pytest.mark.parametrize("key", sorted(scorers()))
