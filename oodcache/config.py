@@ -152,14 +152,68 @@ class BenchmarkConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+#: largest config file read (the shipped ones are about 3 KB)
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def check_name(value: object, what: str, where: object) -> str:
+    """``value`` if it is an allowed name (``cache.schema.NAME_PATTERN``), else a ConfigError
+    naming it."""
+    from oodcache.cache.schema import valid_name
+
+    if not isinstance(value, str) or not valid_name(value):
+        raise ConfigError(
+            f"{where}: {what} {value!r} is not a valid name: use 1-64 letters, digits, '_', '-' "
+            "or '.', starting with a letter or digit (names become file and group names)"
+        )
+    return value
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and aliases (``*anchor``): a repeated key
+    silently replaced the first (a split's source became another's), and aliases allow tiny
+    files that expand to gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
+                "allowed in oodcache configs; write the value out"
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (the second "
+                    "would silently replace the first)"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _load_yaml(path: Path | Traversable) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    with path.open() as fh:
-        try:
-            data = yaml.safe_load(fh)  # plain data only: a !!python/... tag is refused
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not a valid plain YAML config: {err}") from None
+    with path.open("rb") as fh:
+        raw = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not an oodcache config")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text ({err.reason})") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as err:
+        raise ConfigError(f"{path}, {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not a valid plain YAML config: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
@@ -231,8 +285,10 @@ def load_arch(name: str) -> ArchConfig:
 
 
 def validate_arch(arch: ArchConfig, where: str) -> None:
-    """Check reductions, preprocessing source and weights kind; errors name ``where``."""
+    """Check names, reductions, preprocessing source and weights kind; errors name ``where``."""
+    check_name(arch.name, "arch name", where)
     for alias, spec in arch.layers.items():
+        check_name(alias, "layer name", where)
         if spec.reduction not in LAYER_REDUCTIONS:
             raise ConfigError(
                 f"{where}: layer {alias!r} has reduction {spec.reduction!r}; "
@@ -269,8 +325,41 @@ def load_benchmark(name: str) -> BenchmarkConfig:
     splits = data.get("splits")
     if not isinstance(splits, dict) or not splits:
         raise ConfigError(f"{path}: 'splits' must map split names to {{role, dataset, source}}")
+    for split, spec in splits.items():
+        check_name(split, "split name", path)
+        if not isinstance(spec, dict):
+            raise ConfigError(
+                f"{path}: split {split!r} must be a mapping {{role, dataset, source}}, got "
+                f"{type(spec).__name__}"
+            )
     data["splits"] = {name: _build(SplitSpec, spec, path) for name, spec in splits.items()}
-    return _build(BenchmarkConfig, data, path)
+    bench: BenchmarkConfig = _build(BenchmarkConfig, data, path)
+    validate_benchmark(bench, path)
+    return bench
+
+
+def validate_benchmark(bench: BenchmarkConfig, where: object) -> None:
+    """Names, roles and types of a benchmark config; errors name ``where`` and the key."""
+    from oodcache.cache.schema import ROLES
+
+    check_name(bench.name, "benchmark name", where)
+    if not isinstance(bench.loader, str):
+        raise ConfigError(f"{where}: loader must be a string")
+    for key in ("num_classes", "seed"):
+        value = getattr(bench, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < (key == "num_classes"):
+            least = 1 if key == "num_classes" else 0
+            raise ConfigError(f"{where}: {key} must be an integer >= {least}, got {value!r}")
+    if not isinstance(bench.options, dict):
+        raise ConfigError(f"{where}: options must be a mapping")
+    for split, spec in bench.splits.items():
+        if spec.role not in ROLES:
+            raise ConfigError(
+                f"{where}: split {split!r} has role {spec.role!r}; choose from {list(ROLES)}"
+            )
+        check_name(spec.dataset, f"dataset of split {split!r}", where)
+        if not isinstance(spec.source, dict):
+            raise ConfigError(f"{where}: split {split!r}: source must be a mapping")
 
 
 def as_dict(obj: Any) -> Any:

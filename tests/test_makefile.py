@@ -43,14 +43,14 @@ def test_explicit_bench_wins() -> None:
 
 
 def test_a_study_depends_on_the_code_it_ran() -> None:
-    """react_dice builds on dice: a change to dice.py or the shared search code re-tunes it."""
+    """react_ash builds on ash: a change to ash.py or the shared search code re-tunes it."""
     db = subprocess.run(
-        ["make", "-n", "-p", "-C", str(REPO), "search", "METHOD=react_dice"],
+        ["make", "-n", "-p", "-C", str(REPO), "search", "METHOD=react_ash"],
         capture_output=True, text=True, timeout=60,
     ).stdout  # fmt: skip
-    rule = line_with(db, "best/react_dice.json:")
+    rule = line_with(db, "best/react_ash.json:")
     prerequisites = set(rule.split(":", 1)[1].split())
-    expected = {"methods/react_dice.py", "methods/dice.py", "ops.py", "base.py", "study.py"}
+    expected = {"methods/react_ash.py", "methods/ash.py", "ops.py", "base.py", "study.py"}
     assert {f"oodcache/search/{f}" for f in expected} <= prerequisites, prerequisites
     assert "oodcache/search/methods/react.py" not in prerequisites  # it does not import react
 

@@ -176,7 +176,13 @@ class Cache:
             )
         if version < 1:
             raise CacheError(f"{self.path}: invalid format_version {version}")
-        if not bool(a[schema.COMPLETE]):
+        complete = a[schema.COMPLETE]
+        if not isinstance(complete, (bool, np.bool_, int, np.integer)):
+            raise CacheError(
+                f"{self.path}: attribute {schema.COMPLETE!r} is {complete!r}, not a boolean; "
+                "not a cache written by oodcache"
+            )
+        if not bool(complete):
             raise CacheError(
                 f"{self.path} is incomplete (extraction did not finish); rerun extract"
             )
@@ -188,6 +194,8 @@ class Cache:
         if w.shape[0] != k or self.file[f"{schema.HEAD}/bias"].shape != (k,):
             raise CacheError(f"{self.path}: head shapes {w.shape} do not match num_classes={k}")
         for name, g in self.file[schema.SPLITS].items():
+            if not schema.valid_name(name):
+                raise CacheError(f"{self.path}: split name {name!r} is not a valid name")
             role = _attr(g.attrs.get("role"))
             if role not in schema.ROLES:
                 raise CacheError(f"{self.path}: split {name!r} has unknown role {role!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 FORMAT = "oodcache"
 FORMAT_VERSION = 1
 
@@ -14,6 +16,16 @@ TEST_ROLES = frozenset({"id_test", "near", "far"})
 ID_ROLES = frozenset({"fit", "sanity", "id_val", "id_test", "train"})
 #: Roles stored without per-layer activations and gradients.
 FEATURES_ONLY_ROLES = frozenset({"train"})
+
+#: Split, dataset, benchmark and layer names: letters, digits, ``_``, ``-`` and ``.``, starting with
+#: a letter or digit, at most 64 characters, no ``..``. Names are data, never paths: they become
+#: HDF5 group names, shard and list file names, and cells of reports.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def valid_name(value: object) -> bool:
+    return isinstance(value, str) and bool(NAME_PATTERN.fullmatch(value)) and ".." not in value
+
 
 OOD_LABEL = -1
 SPLITS = "splits"

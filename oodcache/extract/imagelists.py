@@ -345,6 +345,9 @@ def _check_source(name: str, source: Mapping[str, Any], cfg: BenchmarkConfig, is
             raise ConfigError(
                 f"{where}: subset sources need options.partition (the training list)"
             )
+        size = source.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            raise ConfigError(f"{where}: size must be a positive integer, got {size!r}")
     return kind
 
 
@@ -446,7 +449,14 @@ def load_imagelists(
         where = f"benchmark {cfg.name} options.partition"
         part_root, train_items = _items(part, data, is_id=True, k=k, where=where)
         sanity = part.get("sanity_per_class")
-        sanity_per_class = math.floor(1000 / k) if sanity is None else int(sanity)
+        if sanity is not None and (
+            not isinstance(sanity, int) or isinstance(sanity, bool) or sanity < 0
+        ):
+            raise ConfigError(
+                f"benchmark {cfg.name}: options.partition.sanity_per_class must be an integer "
+                f">= 0, got {sanity!r}"
+            )
+        sanity_per_class = math.floor(1000 / k) if sanity is None else sanity
         sizes: dict[str, int | None] = {}
         for name, spec in cfg.splits.items():
             if kinds[name] == "subset":

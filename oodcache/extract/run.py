@@ -192,6 +192,9 @@ def extract(
     """
     if autocast not in AUTOCAST:
         raise ValueError(f"unknown autocast {autocast!r}; choose from {list(AUTOCAST)}")
+    # configs are read and validated before anything is created or locked
+    arch = arch if isinstance(arch, ArchConfig) else resolve_arch(arch)
+    benchmark = benchmark if isinstance(benchmark, BenchmarkConfig) else load_benchmark(benchmark)
     dev = distributed.resolve_device(device, distributed.from_env())
     out = Path(out)
     lock = CacheLock(lock_path(out))  # held by rank 0 for the whole run: one writer per cache

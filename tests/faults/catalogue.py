@@ -317,4 +317,42 @@ CASES: dict[str, Case] = {
         "exit 0 without those studies' figures (a log line says how to include a database); no "
         "file created outside the run folder, no connection attempted",
     ),
+    # 4 bad data: configs ------------------------------------------------------------------------
+    "config-duplicate-key": Case(
+        "data",
+        "a benchmark YAML that repeats the key `id_val` (the second pointing at the test images)",
+        "ConfigError / exit 2 naming the line and key, before any work; nothing written",
+    ),
+    "config-alias-bomb": Case(
+        "data",
+        "a 1 KB benchmark YAML of nested aliases (a 'billion laughs' expanding to 9⁹ items)",
+        "ConfigError naming the alias, before expansion; memory stays flat",
+    ),
+    "config-names-as-paths": Case(
+        "data",
+        "split names `../../x/y` and `a/b`, a dataset `ph|<script>`, a benchmark `../digits`",
+        "ConfigError / exit 2 naming the name and the allowed alphabet; no file outside the "
+        "output folder, nothing written",
+    ),
+    "config-types": Case(
+        "data",
+        "a string seed, num_classes 0, a YAML null split, an unknown role",
+        "ConfigError naming the key and the allowed values",
+    ),
+    "config-not-utf8": Case(
+        "data",
+        "a benchmark YAML with a byte that is not UTF-8",
+        "ConfigError naming the file and the line",
+    ),
+    "config-arch-layer-name": Case(
+        "data",
+        "an arch YAML whose layer alias is `../l3`",
+        "ConfigError naming the layer name",
+    ),
+    "cache-crafted-attributes": Case(
+        "cache",
+        "an otherwise valid cache whose `complete` attribute is the string 'False', or with a "
+        "split renamed `x..y` or `a|b`",
+        "CacheError / exit 2 naming the attribute or the name; no study, no best file",
+    ),
 }

@@ -142,3 +142,20 @@ def test_score_refuses_parameters_tuned_on_another_cache(
     assert done.returncode == 2
     assert "react.json was tuned on another cache (fingerprint" in done.stderr
     assert not (cache.parent / "scores" / "react.npz").exists()
+
+
+@case("cache-crafted-attributes")
+@pytest.mark.parametrize("how", ["complete-string", "split-name-path", "split-name-markup"])
+def test_crafted_attributes_and_names_are_refused(cache: Path, how: str) -> None:
+    with h5py.File(cache, "r+") as f:
+        if how == "complete-string":
+            f.attrs["complete"] = "False"  # a truthy string: it used to read as complete
+        else:
+            first = next(iter(f["splits"]))
+            f.move(f"splits/{first}", "splits/x..y" if how == "split-name-path" else "splits/a|b")
+    with pytest.raises(CacheError, match="not a boolean|is not a valid name"):
+        Cache(cache)
+    cmd = cli("search", "--cache", str(cache), "--method", "msp", "--trials", "1")
+    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert not (cache.parent / "best").exists()
