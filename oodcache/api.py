@@ -162,6 +162,7 @@ class Detector:
         fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         if unknown := sorted(set(params) - fields):
             raise TypeError(f"{cls.key}: unknown parameters {unknown}; it takes {sorted(fields)}")
+        cls(**params)  # types and domains of the given parameters (ParameterError), before fit
         if "head" in cls.requires and head is None:
             raise ValueError(f"{cls.key} needs the classifier head: create(..., head=(W, b))")
         self.cls, self.key = cls, cls.key

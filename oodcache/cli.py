@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,32 @@ or all at once:  oodcache demo
 """
 
 
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``least`` (``--trials -3`` is an error, not a no-op)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def _cache_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache",
@@ -43,13 +70,19 @@ def _cache_arg(p: argparse.ArgumentParser) -> None:
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--trials", type=int, default=40, help="trials to add to the study (default: %(default)s)"
+        "--trials",
+        type=_count(0),
+        default=40,
+        help="trials to add to the study (default: %(default)s)",
     )
     p.add_argument(
-        "--until", type=int, default=None, help="instead: top the study up to N finished trials"
+        "--until",
+        type=_count(1),
+        default=None,
+        help="instead: top the study up to N finished trials",
     )
     p.add_argument(
-        "--timeout", type=float, default=None, help="stop adding trials after this many seconds"
+        "--timeout", type=_seconds, default=None, help="stop adding trials after this many seconds"
     )
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default: %(default)s)")
     p.add_argument(
@@ -66,7 +99,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
         "front is recorded; the chosen trial is the front's highest-AUROC one)",
     )
     p.add_argument(
-        "--jobs", type=int, default=1, help="worker processes on the same study (default: 1)"
+        "--jobs", type=_count(1), default=1, help="worker processes on the same study (default: 1)"
     )
 
 
@@ -127,8 +160,12 @@ def _extract_parser(sub: Any) -> None:
         "s0 s1 s2 checkpoints) write one cache each, in <out folder>/<checkpoint>/",
     )
     p.add_argument("--data", type=Path, default=None, help="root folder of the benchmark's images")
-    p.add_argument("--batch-size", type=int, default=128, help="images per forward/backward pass")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
+    p.add_argument(
+        "--batch-size", type=_count(1), default=128, help="images per forward/backward pass"
+    )
+    p.add_argument(
+        "--workers", type=_count(0), default=None, help="DataLoader workers (default: auto)"
+    )
     p.add_argument(
         "--skip-bad",
         action="store_true",
@@ -167,7 +204,7 @@ def _layers_parser(sub: Any) -> None:
         "layers", help="list an architecture's hookable modules with output shapes (for --layers)"
     )
     p.add_argument("--arch", required=True, help=f"architecture (available: {available('archs')})")
-    p.add_argument("--input-size", type=int, default=None, help="override the input side")
+    p.add_argument("--input-size", type=_count(1), default=None, help="override the input side")
 
 
 def _info_parser(sub: Any) -> None:
@@ -267,7 +304,7 @@ def _report_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--bootstrap",
-        type=int,
+        type=_count(0),
         default=1000,
         metavar="N",
         help="bootstrap resamples for the 95%% intervals; 0 = none (default: %(default)s)",
@@ -305,7 +342,7 @@ def _demo_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--trials",
-        type=int,
+        type=_count(1),
         default=40,
         help="finished trials per method study (default: %(default)s)",
     )
@@ -563,6 +600,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     params: dict[str, Any] | None = None
     if args.params:
         params = json.loads(args.params)
+        if not isinstance(params, dict):
+            raise ConfigError(f"--params must be a JSON object of parameters, got {args.params}")
     elif args.best:
         params = load_best(args.cache, args.method, verify=True)["params"]
     scores = score_split(args.cache, args.method, params, args.split)

@@ -77,6 +77,12 @@ class Tables:
         return f"Tables(#{self.serial}: {sorted(self._values)})"
 
 
+def _count_nonfinite(a: np.ndarray, block: int = 1 << 22) -> int:
+    """Entries of ``a`` that are NaN or ±inf, counted by blocks (no full-size temporary)."""
+    flat = a.reshape(-1)
+    return sum(int((~np.isfinite(flat[i : i + block])).sum()) for i in range(0, flat.size, block))
+
+
 @dataclass(frozen=True)
 class Split:
     """One split's cached arrays, all read-only. ``head(h)`` recomputes logits as ``h @ Wᵀ + b``.
@@ -335,13 +341,36 @@ class Cache:
         if odin and schema.ODIN in g:
             for key, og in g[schema.ODIN].items():
                 perturbed[key] = arr(og["logits"], np.float32)
+        labels = arr(g["labels"], np.int64)
+        k = self.num_classes
+        if role in schema.ID_ROLES:
+            bad = int(((labels < 0) | (labels >= k)).sum())
+            if bad:
+                raise CacheError(
+                    f"{self.path}: split {name!r} ({role}) has {bad} labels outside [0, {k}); "
+                    "an ID split needs class indices (accuracy and statistics would be wrong)"
+                )
+        elif (labels != schema.OOD_LABEL).any():
+            raise CacheError(f"{self.path}: split {name!r} ({role}) must have labels -1")
+        values = {"logits": g["logits"], "features": g["features"]}
+        arrays = {key: arr(ds, np.float32) for key, ds in values.items()}
+        tables = {f"layers/{k_}/activation": a for k_, a in acts.items()}
+        tables |= {f"layers/{k_}/gradient": a for k_, a in grads.items()}
+        tables |= {f"odin/{k_}/logits": a for k_, a in perturbed.items()}
+        for key, a in (arrays | tables).items():
+            finite = _count_nonfinite(a)
+            if finite:
+                raise CacheError(
+                    f"{self.path}: split {name!r}, {key}: {finite} values are NaN or infinite "
+                    "(a broken network or a damaged file); no method can score them faithfully"
+                )
         return Split(
             name=name,
             role=role,
             dataset=str(_attr(g.attrs.get("dataset", name))),
-            labels=arr(g["labels"], np.int64),
-            logits=arr(g["logits"], np.float32),
-            features=arr(g["features"], np.float32),
+            labels=labels,
+            logits=arrays["logits"],
+            features=arrays["features"],
             weight=w,
             bias=b,
             activations=acts,

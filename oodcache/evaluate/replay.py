@@ -43,6 +43,13 @@ def load_best(cache_path: Path, method: str, *, verify: bool = False) -> dict[st
             f"{path}: expected a JSON object with a 'params' object; rerun "
             f"`oodcache search --method {method}`"
         )
+    for key in ("value", "fpr95", "sanity_auroc"):
+        v = record.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise ValueError(
+                f"{path}: {key!r} must be a number, got {v!r}; rerun `oodcache search --method "
+                f"{method}`"
+            )
     if record.get("method", method) != method:
         raise ValueError(f"{path} holds parameters of {record['method']!r}, not {method!r}")
     if verify and "cache_fingerprint" in record:

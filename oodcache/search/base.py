@@ -8,12 +8,16 @@ Convention: **higher = more in-distribution**.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import logging
+import math
 import pkgutil
+import types
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self, Union
 
 import optuna
 
@@ -72,8 +76,83 @@ class Stats:
         return self.train_split
 
 
+class ParameterError(ValueError):
+    """A hyperparameter of the wrong type or outside its domain."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Allowed values of a numeric hyperparameter: ``lo <= x <= hi`` (``lo < x`` with
+    ``lo_open``). NaN is never allowed; ±inf only where the interval reaches it."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        above = x > self.lo if self.lo_open else x >= self.lo
+        return above and x <= self.hi
+
+    def __str__(self) -> str:
+        return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+
+
+PERCENT = Domain(0.0, 100.0)
+POSITIVE = Domain(0.0, math.inf, lo_open=True)
+NON_NEGATIVE = Domain(0.0)
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_value(owner: str, name: str, value: Any, kind: Any, domain: Domain | None) -> None:
+    """``value`` of hyperparameter ``name`` against its annotated type ``kind`` (float, int,
+    ``X | None``, ``Literal[...]``) and ``domain``; ParameterError naming both otherwise."""
+    origin = typing.get_origin(kind)
+    if origin in (Union, types.UnionType):
+        options = [k for k in typing.get_args(kind) if k is not type(None)]
+        if value is None:
+            return
+        kind = options[0] if len(options) == 1 else kind
+        origin = typing.get_origin(kind)
+    if origin is Literal:
+        if value not in typing.get_args(kind):
+            raise ParameterError(
+                f"{owner}: {name} = {value!r}; choose from {list(typing.get_args(kind))}"
+            )
+        return
+    if kind is float or kind is int:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParameterError(f"{owner}: {name} must be a number, got {value!r}")
+        if kind is int and not isinstance(value, int):
+            raise ParameterError(f"{owner}: {name} must be an integer, got {value!r}")
+        if math.isnan(value) or (domain is not None and value not in domain):
+            raise ParameterError(
+                f"{owner}: {name} = {value!r} is outside its domain {domain or Domain()}"
+            )
+
+
 class Scorer(ABC):
     """Maps cached arrays to one score per sample. Convention: higher = more in-distribution."""
+
+    #: allowed values of numeric hyperparameters, by field name (types come from the annotations)
+    domains: ClassVar[dict[str, Domain]] = {}
+
+    def __post_init__(self) -> None:
+        """Every hyperparameter has its annotated type and lies in its domain: a wrong value is a
+        ParameterError here, whether it came from --params, a best file or the API."""
+        hints = _field_types(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.init:
+                check_value(
+                    self.key,
+                    f.name,
+                    getattr(self, f.name),
+                    hints[f.name],
+                    self.domains.get(f.name),
+                )
 
     key: ClassVar[str]
     #: one line on how the defaults were chosen, where that is not obvious (``oodcache methods``)

@@ -355,4 +355,29 @@ CASES: dict[str, Case] = {
         "split renamed `x..y` or `a|b`",
         "CacheError / exit 2 naming the attribute or the name; no study, no best file",
     ),
+    "params-wrong-type-or-domain": Case(
+        "data",
+        "`--params` and `oodcache.create` with a string percentile, percentile 130, k 2.7, k true, "
+        "ODIN temperature 0, energy temperature -1, ASH variant Q, NAC M odd or O missing",
+        "ParameterError / exit 2 naming the method, the parameter and its domain; no score file",
+    ),
+    "params-best-file-types": Case(
+        "data",
+        "a best file whose `value` is the string '0.9', or whose `params` is a list, then "
+        "`oodcache score --best`",
+        "exit 2 naming the file and the key; no score file (the string is never printed "
+        "repeated as a number)",
+    ),
+    "params-not-an-object": Case(
+        "data",
+        "`--params` that is a JSON list, or not JSON",
+        "exit 2 with a message, no traceback",
+    ),
+    "cache-nonfinite-or-bad-labels": Case(
+        "cache",
+        "a NaN in one layer's activations, an inf in the features, an ID label of 99 (5 "
+        "classes), then `oodcache search --method nac`",
+        "CacheError / exit 2 naming the split and the array; no best file (NAC used to report a "
+        "val AUROC of 100.00)",
+    ),
 }

@@ -159,3 +159,22 @@ def test_crafted_attributes_and_names_are_refused(cache: Path, how: str) -> None
     done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert not (cache.parent / "best").exists()
+
+
+@case("cache-nonfinite-or-bad-labels")
+@pytest.mark.parametrize("how", ["nan-layer", "inf-features", "id-label-out-of-range"])
+def test_nonfinite_values_and_bad_labels_are_refused(cache: Path, how: str) -> None:
+    with h5py.File(cache, "r+") as f:
+        g = f["splits/id_val"]
+        if how == "nan-layer":
+            layer = next(iter(g["layers"]))
+            g[f"layers/{layer}/activation"][0, 0] = float("nan")
+        elif how == "inf-features":
+            g["features"][1, 2] = float("inf")
+        else:
+            g["labels"][0] = 99
+    cmd = cli("search", "--cache", str(cache), "--method", "nac", "--trials", "1")
+    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "split 'id_val'" in done.stderr
+    assert not (cache.parent / "best").exists()  # no val AUROC of 100.00 from NaN states

@@ -20,7 +20,7 @@ from typing import Any, Literal, Self
 import optuna
 
 from oodcache.cache import Split
-from oodcache.search.base import CacheInfo, Scorer
+from oodcache.search.base import PERCENT, CacheInfo, Scorer
 from oodcache.search.ops import FloatArray, as_score, ash_shape, energy, feature_order
 from oodcache.search.settings import Setting
 
@@ -32,6 +32,7 @@ VARIANTS: tuple[Variant, ...] = ("P", "B", "S")
 class ASH(Scorer):
     key = "ash"
     requires = ("features", "head")
+    domains = {"percentile": PERCENT}
     percentile: float = 90.0
     variant: Variant = "B"
 

@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 
 from oodcache.cache import Split
-from oodcache.search.base import CacheInfo, Scorer, Stats
+from oodcache.search.base import PERCENT, CacheInfo, Scorer, Stats
 from oodcache.search.ops import FloatArray, as_score, dice_weight, energy, feature_mean
 from oodcache.search.settings import Setting
 
@@ -34,6 +34,7 @@ class DICE(Scorer):
     key = "dice"
     requires = ("features", "head")
     statistics = ("train",)
+    domains = {"p": PERCENT}
     p: float = 90.0
 
     @classmethod

@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 
 from oodcache.cache import Split
-from oodcache.search.base import CacheInfo, Scorer
+from oodcache.search.base import POSITIVE, CacheInfo, Scorer
 from oodcache.search.ops import FloatArray, as_score, energy
 
 
@@ -23,6 +23,7 @@ from oodcache.search.ops import FloatArray, as_score, energy
 class Energy(Scorer):
     key = "energy"
     requires = ("logits",)
+    domains = {"temperature": POSITIVE}
     temperature: float = 1.0
 
     @classmethod

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from oodcache.cache import Split
-from oodcache.search.base import Scorer
+from oodcache.search.base import POSITIVE, Scorer
 from oodcache.search.ops import FloatArray, as_score, derive, head_logits, scaled
 
 
@@ -26,6 +26,7 @@ from oodcache.search.ops import FloatArray, as_score, derive, head_logits, scale
 class GradNorm(Scorer):
     key = "gradnorm"
     requires = ("features", "head")
+    domains = {"temperature": POSITIVE}
     temperature: float = 1.0
 
     def score(self, split: Split) -> FloatArray:

@@ -31,7 +31,7 @@ import numpy as np
 import optuna
 
 from oodcache.cache import Split
-from oodcache.search.base import CacheInfo, Scorer, Stats
+from oodcache.search.base import CacheInfo, Domain, Scorer, Stats
 from oodcache.search.ops import (
     FloatArray,
     as_score,
@@ -114,6 +114,7 @@ class KNN(Scorer):
         "(knn-ood), round(1000·|bank|/1,281,167) on a sample (78 for the shipped 100k train split), "
         "as the paper does for its α-sampled banks; elsewhere k = 50 on the full training list"
     )
+    domains = {"k": Domain(1)}
     k: int = 50
 
     @classmethod

@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 
 from oodcache.cache import Split
-from oodcache.search.base import CacheInfo, Scorer, Stats
+from oodcache.search.base import PERCENT, CacheInfo, Domain, Scorer, Stats
 from oodcache.search.ops import FloatArray, as_score, energy, feature_percentile
 from oodcache.search.settings import Setting
 
@@ -44,6 +44,7 @@ class LHAct(Scorer):
     key = "lhact"
     requires = ("features", "head")
     statistics = ("id_val",)
+    domains = {"low_percentile": PERCENT, "high_percentile": PERCENT, "n": Domain(1)}
     low_percentile: float = 10.0
     high_percentile: float = 95.0
     low_threshold: float | None = None  # absolute t_l; overrides low_percentile when set

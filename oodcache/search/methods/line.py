@@ -26,7 +26,7 @@ import numpy as np
 import optuna
 
 from oodcache.cache import Split
-from oodcache.search.base import CacheInfo, Scorer, Stats
+from oodcache.search.base import PERCENT, CacheInfo, Scorer, Stats
 from oodcache.search.ops import (
     FloatArray,
     as_score,
@@ -66,6 +66,7 @@ class LINe(Scorer):
     key = "line"
     requires = ("features", "head")
     statistics = ("train", "id_val")
+    domains = {"clip_percentile": PERCENT, "p_w": PERCENT, "p_a": PERCENT}
     clip_percentile: float = 90.0
     p_w: float = 10.0
     p_a: float = 10.0

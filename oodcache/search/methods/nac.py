@@ -23,6 +23,7 @@ Efficiency: the exact sorted-products engine in ``oodcache.search.coverage``
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -30,7 +31,15 @@ import numpy as np
 import optuna
 
 from oodcache.cache import Split
-from oodcache.search.base import CacheInfo, Scorer, Stats
+from oodcache.search.base import (
+    POSITIVE,
+    CacheInfo,
+    Domain,
+    ParameterError,
+    Scorer,
+    Stats,
+    check_value,
+)
 from oodcache.search.coverage import (
     Runs,
     SortedProducts,
@@ -118,6 +127,24 @@ class NAC(Scorer):
     requires = ("layers",)
     statistics = ("fit",)
     layers: dict[str, LayerParams] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Per layer exactly ``alpha`` (a finite number), ``M`` (an even integer >= 4) and ``O``
+        (a number > 0); ParameterError naming the layer otherwise."""
+        if not isinstance(self.layers, dict):
+            raise ParameterError("nac: layers must map layer names to {alpha, M, O}")
+        for layer, p in self.layers.items():
+            where = f"nac layer {layer!r}"
+            if not isinstance(p, dict) or set(p) != {"alpha", "M", "O"}:
+                raise ParameterError(f"{where}: expected exactly {{alpha, M, O}}, got {p!r}")
+            check_value(where, "alpha", p["alpha"], float, Domain(-math.inf, math.inf))
+            check_value(where, "M", p["M"], int, Domain(4))
+            check_value(where, "O", p["O"], float, POSITIVE)
+            if math.isinf(p["alpha"]) or p["M"] % 2:
+                raise ParameterError(
+                    f"{where}: alpha must be finite and M even, got alpha={p['alpha']!r}, "
+                    f"M={p['M']!r}"
+                )
 
     @classmethod
     def official(cls, info: CacheInfo) -> Self:

@@ -19,7 +19,7 @@ import optuna
 
 from oodcache.cache import Split
 from oodcache.cache.schema import odin_key
-from oodcache.search.base import CacheInfo, Scorer
+from oodcache.search.base import NON_NEGATIVE, POSITIVE, CacheInfo, Scorer
 from oodcache.search.ops import FloatArray, as_score, max_softmax
 
 
@@ -27,6 +27,7 @@ from oodcache.search.ops import FloatArray, as_score, max_softmax
 class ODIN(Scorer):
     key = "odin"
     requires = ("odin",)
+    domains = {"temperature": POSITIVE, "epsilon": NON_NEGATIVE}
     temperature: float = 1000.0
     epsilon: float = 0.0014
 

@@ -21,7 +21,7 @@ import numpy as np
 import optuna
 
 from oodcache.cache import Split
-from oodcache.search.base import CacheInfo, Scorer, Stats
+from oodcache.search.base import PERCENT, CacheInfo, Scorer, Stats
 from oodcache.search.ops import FloatArray, as_score, energy, feature_percentile
 from oodcache.search.settings import Setting
 
@@ -33,6 +33,7 @@ class ReAct(Scorer):
     key = "react"
     requires = ("features", "head")
     statistics = ("id_val",)
+    domains = {"percentile": PERCENT}
     percentile: float = 90.0
     threshold: float | None = None  # absolute c; overrides the percentile when set
 

@@ -30,7 +30,7 @@ import numpy as np
 import optuna
 
 from oodcache.cache import Split
-from oodcache.search.base import CacheInfo, Scorer, Stats
+from oodcache.search.base import PERCENT, CacheInfo, Scorer, Stats
 from oodcache.search.methods.ash import VARIANTS, Variant
 from oodcache.search.ops import (
     FloatArray,
@@ -50,6 +50,7 @@ class ReActASH(Scorer):
     key = "react_ash"
     requires = ("features", "head")
     statistics = ("id_val",)
+    domains = {"percentile": PERCENT, "ash_percentile": PERCENT}
     percentile: float = 90.0
     ash_percentile: float = 90.0
     variant: Variant = "S"

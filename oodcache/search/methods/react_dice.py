@@ -24,7 +24,7 @@ import numpy as np
 import optuna
 
 from oodcache.cache import Split
-from oodcache.search.base import CacheInfo, Scorer, Stats
+from oodcache.search.base import PERCENT, CacheInfo, Scorer, Stats
 from oodcache.search.ops import (
     FloatArray,
     as_score,
@@ -43,6 +43,7 @@ class ReActDICE(Scorer):
     key = "react_dice"
     requires = ("features", "head")
     statistics = ("train", "id_val")
+    domains = {"percentile": PERCENT, "p": PERCENT}
     percentile: float = 90.0
     p: float = 90.0
     threshold: float | None = None  # absolute c; overrides the percentile when set

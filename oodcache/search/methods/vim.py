@@ -25,7 +25,7 @@ import numpy as np
 import optuna
 
 from oodcache.cache import Split
-from oodcache.search.base import CacheInfo, Scorer, Stats
+from oodcache.search.base import CacheInfo, Domain, Scorer, Stats
 from oodcache.search.ops import (
     FloatArray,
     as_score,
@@ -93,6 +93,7 @@ class ViM(Scorer):
     key = "vim"
     requires = ("features", "head")
     statistics = ("train",)
+    domains = {"dim": Domain(0)}
     dim: int | None = None  # principal dimension D_p; None = the official rule
 
     @classmethod
