@@ -28,6 +28,7 @@ POINTS: dict[str, str] = {
     "writer.renaming": "the temporary file is closed, before it is renamed to the output",
     "writer.renamed": "the output was renamed into place, before the lock is released",
     "search.trial": "inside a search trial, after its parameters are chosen",
+    "report.figure": "the report saved one figure (into figures.partial/)",
 }
 
 _seen: Counter[str] = Counter()

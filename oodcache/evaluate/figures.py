@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
 from oodcache.config import studies_dir
+from oodcache.faultpoints import faultpoint
 from oodcache.metrics import auroc
 from oodcache.search.study import open_storage, study_name
 
@@ -40,6 +41,7 @@ def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    faultpoint("report.figure")
     return path
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 from oodcache.cache import SEARCH_ROLES, Cache
 from oodcache.cache.schema import ID_ROLES
 from oodcache.config import best_dir, scores_dir
+from oodcache.files import atomic_write, atomic_write_text
 from oodcache.search.base import Scorer, get_scorer
 from oodcache.search.study import load_inputs
 
@@ -101,12 +101,6 @@ def score_split(
     return scorer.score(loaded)
 
 
-def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]
-    os.replace(tmp, path)
-
-
 def write_scores(cache_path: Path, method: str, params: dict[str, Any]) -> Path:
     """Score every split with the tuned ``params``; returns ``scores/<method>.npz``."""
     scorer = fitted(cache_path, method, params)
@@ -132,7 +126,14 @@ def write_scores(cache_path: Path, method: str, params: dict[str, Any]) -> Path:
             "fingerprint": cache.fingerprint(),
         }
     path = out_dir / f"{method}.npz"
-    _atomic_npz(path, arrays)
-    (out_dir / "splits.json").write_text(json.dumps({"cache": meta, "splits": splits}, indent=2))
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as fh:  # a file object: numpy adds no ".npz" to the name
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+
+    atomic_write(path, save)
+    atomic_write_text(
+        out_dir / "splits.json", json.dumps({"cache": meta, "splits": splits}, indent=2)
+    )
     log.info("wrote %s", path)
     return path

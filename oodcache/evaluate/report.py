@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from oodcache.evaluate.document import (
 from oodcache.evaluate.html import to_html
 from oodcache.evaluate.published import compare
 from oodcache.evaluate.replay import load_best, searched_methods
+from oodcache.files import atomic_write_text, replace_dir
 from oodcache.metrics import auroc, bootstrap_sets, ood_metrics, percentile_ci
 from oodcache.search.base import get_scorer
 
@@ -443,10 +445,12 @@ def _latex(
 
 
 def _figure_blocks(result: RunResult, out: Path) -> list[Any]:
-    fig_dir = out / "figures"
-    if fig_dir.is_dir():
-        for old in fig_dir.glob("*.png"):
-            old.unlink()
+    """Figures drawn into ``figures.partial/``, which replaces ``figures/`` only once complete:
+    an interrupted report leaves the previous figures in place."""
+    final, fig_dir = out / "figures", out / "figures.partial"
+    if fig_dir.exists():
+        shutil.rmtree(fig_dir)
+    fig_dir.mkdir(parents=True)
     run, order = result.run, result.order
     id_test = run.by_role["id_test"][0]
     ood = [(n, g) for g in ("near", "far") for n in run.by_role.get(g, [])]
@@ -456,6 +460,9 @@ def _figure_blocks(result: RunResult, out: Path) -> list[Any]:
     study_figs = figs.study_figures(
         {m: run.studies[m] for m in order}, fig_dir, bests={m: run.best[m] for m in order}
     )
+    replace_dir(fig_dir, final)
+    roc, hist = [final / p.name for p in roc], [final / p.name for p in hist]
+    study_figs = {m: {k: final / p.name for k, p in f.items()} for m, f in study_figs.items()}
     blocks: list[Any] = [
         Heading("Figures"),
         Heading("ROC curves", 3),
@@ -542,13 +549,13 @@ def _csv(df: pd.DataFrame, meta: dict[str, Any], fpr_convention: str) -> pd.Data
 
 
 def _write(out: Path, doc: Document, df: pd.DataFrame, latex: str, summary: pd.DataFrame) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "results.csv", index=False)
-    summary.to_csv(out / "summary.csv")
     md = to_markdown(doc, out)
-    (out / "report.md").write_text(md + "\n")
-    (out / "results.tex").write_text(latex + "\n")
-    (out / "report.html").write_text(to_html(doc))
+    html = to_html(doc)  # everything rendered before the first file is replaced
+    atomic_write_text(out / "results.csv", df.to_csv(index=False))
+    atomic_write_text(out / "summary.csv", summary.to_csv())
+    atomic_write_text(out / "report.md", md + "\n")
+    atomic_write_text(out / "results.tex", latex + "\n")
+    atomic_write_text(out / "report.html", html)
     return md
 
 

@@ -51,6 +51,7 @@ from oodcache.cache.schema import ID_ROLES
 from oodcache.config import BenchmarkConfig, ConfigError
 from oodcache.extract.nac_split import DEFAULT_FIT_SIZE, nac_authors_split
 from oodcache.extract.transforms import Preprocess, load_rgb
+from oodcache.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -234,10 +235,7 @@ def write_list(path: Path, items: list[Item], header: str) -> None:
             f"{path} exists and differs from the split generated now (the training list, seed or "
             "sizes changed); delete it to regenerate, or restore the inputs it was made from"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     log.info("wrote split list %s (%d images)", path, len(items))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from tqdm import tqdm
 from oodcache.config import ArchConfig, BenchmarkConfig
 from oodcache.extract import digits
 from oodcache.extract.models import build_model
+from oodcache.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,6 @@ def train_digits_model(
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: torch.save(model.state_dict(), tmp))
     log.info("saved trained weights to %s", out)
     return out

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import optuna
 from oodcache.cache import SEARCH_ROLES, Cache, Split
 from oodcache.config import best_dir, studies_dir
 from oodcache.faultpoints import faultpoint
+from oodcache.files import atomic_write_text
 from oodcache.metrics import auroc, fpr_at_95
 from oodcache.search.base import CacheInfo, Scorer, Stats, get_scorer
 from oodcache.search.journal import check_journal
@@ -429,9 +429,5 @@ def _write_best(
             }
             for t in sorted(study.best_trials, key=lambda t: t.number)
         ]
-    out = best_dir(cache_path) / f"{method}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write_text(best_dir(cache_path) / f"{method}.json", json.dumps(record, indent=2) + "\n")
     return record

@@ -24,7 +24,7 @@ CATEGORIES = {
     "cache": "7. Wrong cache",
     "concurrency": "8. Concurrency",
     "determinism": "9. Determinism",
-    "storage": "10. Study storage",
+    "storage": "10. Study storage and report outputs",
 }
 
 CASES: dict[str, Case] = {
@@ -379,5 +379,11 @@ CASES: dict[str, Case] = {
         "classes), then `oodcache search --method nac`",
         "CacheError / exit 2 naming the split and the array; no best file (NAC used to report a "
         "val AUROC of 100.00)",
+    ),
+    "report-killed-mid-figures": Case(
+        "storage",
+        "SIGKILL `oodcache report` after its 3rd figure (over a complete earlier report), rerun",
+        "report.md, report.html, results.csv, results.tex and figures/ byte-identical to the "
+        "earlier report; the rerun completes and leaves no figures.partial/ or .tmp",
     ),
 }

@@ -122,3 +122,33 @@ def test_the_report_opens_studies_only_where_the_tool_put_them(
     assert not elsewhere.exists()  # nothing created or written outside the run folder
     if kind != "journal-elsewhere":
         assert "pass --study-storage URL" in done.stderr
+
+
+@case("report-killed-mid-figures")
+def test_a_report_killed_while_drawing_leaves_the_previous_report(
+    toy_cache: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "run" / "cache.h5"
+    cache.parent.mkdir()
+    shutil.copy2(toy_cache, cache)
+    for method in ("msp", "react"):
+        cmd = cli("search", "--cache", str(cache), "--method", method, "--trials", "2")
+        assert subprocess.run(cmd, env=cli_env(), capture_output=True).returncode == 0
+    report = cli("report", "--cache", str(cache), "--bootstrap", "0")
+    assert subprocess.run(report, env=cli_env(), capture_output=True).returncode == 0
+    out = cache.parent / "report"
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    before = snapshot()
+    assert any(name.startswith("figures/") for name in before)
+    killed = subprocess.run(
+        report, env=cli_env(OODCACHE_FAULT="report.figure#3"), capture_output=True, timeout=300
+    )
+    assert killed.returncode == -9
+    assert {k: v for k, v in snapshot().items() if not k.startswith("figures.partial")} == before
+    again = subprocess.run(report, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert not (out / "figures.partial").exists() and not list(out.glob("*.tmp"))
+    assert snapshot().keys() == before.keys()
