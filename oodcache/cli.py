@@ -722,6 +722,9 @@ def main(argv: list[str] | None = None) -> int:
     log.debug("command %s with %s", args.command, vars(args))
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt as err:  # Ctrl-C: a message, exit 130 (what was finished is kept)
+        print(f"oodcache {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `oodcache benchmarks | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

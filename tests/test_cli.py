@@ -82,6 +82,7 @@ def test_archs_name_their_natural_benchmark(capsys: pytest.CaptureFixture[str]) 
         "bit_s_r101x1": "imagenet",
         "digits_resnet": "digits",
         "mobilenet_v2": "imagenet",
+        "densenet100": "cifar10",
         "resnet18_224x224": "imagenet200",
         "resnet18_32x32": "cifar10",
         "resnet50": "imagenet",

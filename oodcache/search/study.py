@@ -36,6 +36,10 @@ class StudyMismatchError(RuntimeError):
     """An existing study was created on a different cache."""
 
 
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a search, after the finished trials were kept and the best file written."""
+
+
 @dataclass(frozen=True)
 class SearchInputs:
     """Everything a study reads: cache facts and the tuning splits (never a test split), each
@@ -353,25 +357,43 @@ def run_search(
         "objective": objective,
     }
     jobs = max(1, min(jobs, todo)) if todo else 1
-    if todo and jobs == 1:  # in process: reuse the splits and the study loaded above
-        study.optimize(
-            Objective(cls, inputs, objective),
-            n_trials=todo,
-            timeout=timeout,
-            show_progress_bar=progress,
-        )
-    elif todo:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [
-                pool.submit(_optimize, cache_path, method, n_trials=n, seed=seed + rank, **common)
-                for rank, n in enumerate(_share(todo, jobs))
-            ]
-            for f in futures:
-                f.result()
+    interrupted = False
+    try:
+        if todo and jobs == 1:  # in process: reuse the splits and the study loaded above
+            study.optimize(
+                Objective(cls, inputs, objective),
+                n_trials=todo,
+                timeout=timeout,
+                show_progress_bar=progress,
+            )
+        elif todo:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                futures = [
+                    pool.submit(
+                        _optimize, cache_path, method, n_trials=n, seed=seed + rank, **common
+                    )
+                    for rank, n in enumerate(_share(todo, jobs))
+                ]
+                for f in futures:
+                    f.result()
+    except KeyboardInterrupt:  # Ctrl-C: keep what finished (Optuna failed the running trial)
+        interrupted = True
     with Cache(cache_path, allowed_roles=SEARCH_ROLES) as cache:
         study = open_study(
             cache, method, storage=storage, sampler=sampler, grid=grid, objective=objective
+        )
+    if interrupted:
+        finished = n_finished(study)
+        if finished:
+            _write_best(
+                study, cache_path, method, official.params(), fingerprint, sampler, seed,
+                storage, objective,
+            )  # fmt: skip
+        raise SearchInterrupted(
+            f"{method}: interrupted; {finished} finished trials are kept in the study"
+            + (f" and best/{method}.json is written from them" if finished else "")
+            + "; rerun to add more"
         )
     return _write_best(
         study,

@@ -386,4 +386,10 @@ CASES: dict[str, Case] = {
         "report.md, report.html, results.csv, results.tex and figures/ byte-identical to the "
         "earlier report; the rerun completes and leaves no figures.partial/ or .tmp",
     ),
+    "crash-search-ctrl-c": Case(
+        "crash",
+        "SIGINT (Ctrl-C) `oodcache search --trials 10` inside trial 3, then `--until 5`",
+        "exit 130 with a message, no traceback; 3 complete trials and the interrupted one FAIL; "
+        "best/react.json written from the 3; the rerun tops up to 5",
+    ),
 }

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,3 +84,17 @@ def tiny_extract_cli(bench: Path, weights: Path, out: Path) -> list[str]:
     """``oodcache extract`` of the tiny benchmark (digits_resnet, TINY_BATCH) into ``out``."""
     args = cli("extract", "--arch", "digits_resnet", "--benchmark", str(bench), "--out", str(out))
     return [*args, "--weights", str(weights), "--batch-size", str(TINY_BATCH)]
+
+
+def wait_stopped(proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    """Wait until ``proc`` is frozen at its ``@stop`` fault point (state T in /proc)."""
+    pid = proc.pid
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process {pid} ended before its stop point: {proc.stderr}")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        if state == "T":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} did not reach its stop point")

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
 import optuna
 import pytest
-from faultkit import TinyExtract, cli, cli_env, digest, tiny_extract_cli
+from faultkit import TinyExtract, cli, cli_env, digest, tiny_extract_cli, wait_stopped
 from optuna.trial import TrialState
 
 from oodcache.cache import Cache
@@ -22,19 +21,6 @@ from oodcache.cache.writer import CacheLockedError
 from oodcache.search.study import study_name
 
 case = pytest.mark.case
-
-
-def _wait_stopped(proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    pid = proc.pid
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"process {pid} ended before its stop point: {proc.stderr}")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-        if state == "T":
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"process {pid} did not reach its stop point")
 
 
 @case("concurrency-second-extract-refused")
@@ -51,7 +37,7 @@ def test_second_extract_on_the_same_output_is_refused(
     env = cli_env(OODCACHE_FAULT="extract.batch#6@stop")  # first writer freezes mid-split
     first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_stopped(first)
+        wait_stopped(first)
         (partial,) = out.with_name("cache.h5.shards").glob("*.tmp")  # the shard being written
         tmp_before = partial.stat()
         with pytest.raises(

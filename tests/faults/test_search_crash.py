@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import optuna
 import pytest
-from faultkit import cli, cli_env
+from faultkit import cli, cli_env, wait_stopped
 from optuna.trial import TrialState
 
 from oodcache.search.recovery import WORKER_ATTR, recover_stale_trials
@@ -83,3 +83,27 @@ def test_running_trial_of_a_live_worker_is_left_alone(cache: Path) -> None:
     mine.set_user_attr(WORKER_ATTR, worker_id())  # this very process: alive
     assert recover_stale_trials(study) == []
     assert [t.state for t in _study(cache).trials][1:] == [TrialState.RUNNING] * 2
+
+
+@case("crash-search-ctrl-c")
+def test_ctrl_c_keeps_the_finished_trials_and_writes_the_best_file(cache: Path) -> None:
+    env = cli_env(OODCACHE_FAULT="search.trial#4@stop")  # frozen inside trial 3 (0-based)
+    cmd = cli("search", "--cache", str(cache), "--method", "react", "--trials", "10")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_stopped(proc)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends, delivered when it resumes
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    # Optuna logs the failed trial (with the KeyboardInterrupt); the run ends with our message
+    assert b"3 finished trials are kept" in err.strip().splitlines()[-1]
+    best = json.loads((cache.parent / "best" / "react.json").read_text())
+    assert best["n_trials"] == 3
+    states = [t.state for t in _study(cache).trials]
+    assert states == [TrialState.COMPLETE] * 3 + [TrialState.FAIL]
+    resumed = _search(cache, "--until", "5")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((cache.parent / "best" / "react.json").read_text())["n_trials"] == 5
