@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from oodcache.cache import schema
 from oodcache.faultpoints import faultpoint
+from oodcache.holder import holder_alive, holder_id
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +29,9 @@ class CacheLockedError(RuntimeError):
     """Another live process is writing the same cache."""
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def lock_path(out: Path) -> Path:
-    """The lock file of the cache ``out``: ``<out>.lock``, holding the writer's process id."""
+    """The lock file of the cache ``out``: ``<out>.lock``, holding the writer as ``host:pid:start``
+    (``oodcache.holder``)."""
     return out.with_name(out.name + ".lock")
 
 
@@ -50,8 +41,10 @@ _HELD: dict[Path, int] = {}
 
 
 class CacheLock:
-    """An exclusive, re-entrant (within one process) lock file; a dead holder's lock is stale and
-    is taken over."""
+    """An exclusive, re-entrant (within one process) lock file naming its holder
+    (``host:pid:start``). A holder of this host that is gone (or whose pid now belongs to another
+    process) left a stale lock, which is taken over; a holder on another host (a shared folder)
+    is never taken over: the lock is refused with who holds it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path.absolute()
@@ -65,21 +58,28 @@ class CacheLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid_alive(pid) and pid != os.getpid():
+                    holder = self.path.read_text().strip()
+                except OSError:
+                    holder = ""
+                alive = holder_alive(holder) if holder else False
+                if alive is not False and holder != holder_id():
                     target = self.path.with_suffix("")
+                    where = (
+                        "a process on another host (its liveness cannot be checked from here; "
+                        "if that host is down, delete the lock)"
+                        if alive is None
+                        else "a running process"
+                    )
                     raise CacheLockedError(
-                        f"{target} is being written by running process {pid} (lock {self.path}); "
+                        f"{target} is being written by {where}: {holder} (lock {self.path}); "
                         "wait for it to finish or stop it; nothing was done (a stale lock from a "
-                        "dead process is removed automatically)"
+                        "dead process of this host is removed automatically)"
                     ) from None
-                log.warning("removing stale lock %s (process %s is gone)", self.path, pid)
+                log.warning("removing stale lock %s (holder %s is gone)", self.path, holder)
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
+                fh.write(holder_id())
             _HELD[self.path] = 1
             return
         raise CacheLockedError(f"could not take the lock {self.path}")

@@ -12,49 +12,16 @@ A RUNNING trial of a worker on another host is left alone (its liveness cannot b
 from __future__ import annotations
 
 import logging
-import os
-import socket
-from functools import cache
-from pathlib import Path
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from oodcache.cache.writer import pid_alive
+from oodcache.holder import holder_alive
 
 log = logging.getLogger(__name__)
 
 WORKER_ATTR = "worker"
-
-
-def _start_ticks(pid: int) -> str:
-    """The process start time from ``/proc/<pid>/stat`` (field 22), or '' where unavailable."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[-1].split()[19]
-
-
-@cache
-def worker_id() -> str:
-    """This process as ``host:pid:start``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
-
-
-def worker_alive(worker: str) -> bool | None:
-    """Whether the worker process still runs: None when it ran on another host (unknown)."""
-    parts = worker.rsplit(":", 2)
-    if len(parts) != 3:
-        return None
-    host, pid_text, start = parts
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return None
-    pid = int(pid_text)
-    if not pid_alive(pid):
-        return False
-    return _start_ticks(pid) == start if start else True
 
 
 def recover_stale_trials(study: optuna.Study) -> list[int]:
@@ -63,7 +30,7 @@ def recover_stale_trials(study: optuna.Study) -> list[int]:
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get(WORKER_ATTR)
-        if not isinstance(worker, str) or worker_alive(worker) is not False:
+        if not isinstance(worker, str) or holder_alive(worker) is not False:
             continue
         try:
             study._storage.set_trial_system_attr(

@@ -21,11 +21,12 @@ from oodcache.cache import SEARCH_ROLES, Cache, Split
 from oodcache.config import best_dir, studies_dir
 from oodcache.faultpoints import faultpoint
 from oodcache.files import atomic_write_text
+from oodcache.holder import holder_id
 from oodcache.metrics import auroc, fpr_at_95
 from oodcache.search.base import CacheInfo, Scorer, Stats, get_scorer
 from oodcache.search.journal import check_journal
 from oodcache.search.ops import prepare
-from oodcache.search.recovery import WORKER_ATTR, recover_stale_trials, worker_id
+from oodcache.search.recovery import WORKER_ATTR, recover_stale_trials
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class Objective:
         self.cls, self.inputs, self.metrics = cls, inputs, [m for m, _ in OBJECTIVES[objective]]
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        trial.set_user_attr(WORKER_ATTR, worker_id())  # a dead worker's trial is failed on resume
+        trial.set_user_attr(WORKER_ATTR, holder_id())  # a dead worker's trial is failed on resume
         params = self.cls.space(trial, self.inputs.info)
         params.update(_enqueued_constants(trial, self.cls, params))
         faultpoint("search.trial")

@@ -392,4 +392,11 @@ CASES: dict[str, Case] = {
         "exit 130 with a message, no traceback; 3 complete trials and the interrupted one FAIL; "
         "best/react.json written from the 3; the rerun tops up to 5",
     ),
+    "concurrency-lock-holder": Case(
+        "concurrency",
+        "a cache lock naming this host and a live pid whose start time differs (a reused pid), "
+        "and one naming another host",
+        "the reused-pid lock is stale and taken over (it used to refuse forever); the other "
+        "host's lock is refused naming its holder and left in place (it used to be removed)",
+    ),
 }

@@ -5,6 +5,7 @@ one of them is killed mid-trial."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from collections.abc import Callable
@@ -121,3 +122,29 @@ def test_journal_study_with_parallel_jobs_loses_no_trial(cache: Path) -> None:
     study = optuna.load_study(study_name="react", storage=optuna.storages.JournalStorage(backend))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 9
     assert study.trials[0].params == {"percentile": 90.0}
+
+
+@case("concurrency-lock-holder")
+@pytest.mark.parametrize("holder", ["reused-pid", "other-host"])
+def test_the_lock_names_its_holder_and_checks_it(
+    tiny_extract: TinyExtract, tmp_path: Path, holder: str
+) -> None:
+    import socket
+
+    from oodcache.cache.writer import CacheLock, lock_path
+
+    out = tmp_path / "cache.h5"
+    lock = lock_path(out)
+    if holder == "reused-pid":  # a live pid of this host, but another process than the holder
+        content = f"{socket.gethostname()}:{os.getppid()}:1"
+    else:  # a live-looking writer on another host sharing the folder
+        content = "some-other-node:4242:123456"
+    lock.write_text(content)
+    if holder == "reused-pid":
+        CacheLock(lock).acquire()  # stale: taken over (a bare-pid lock was refused forever)
+        assert lock.read_text().startswith(f"{socket.gethostname()}:{os.getpid()}:")
+        CacheLock(lock).release()
+        return
+    with pytest.raises(CacheLockedError, match="another host.*some-other-node:4242"):
+        CacheLock(lock).acquire()
+    assert lock.read_text() == content  # never removed: that host may be writing

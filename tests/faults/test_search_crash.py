@@ -78,9 +78,9 @@ def test_running_trial_of_a_live_worker_is_left_alone(cache: Path) -> None:
     trial = study.ask()
     trial.set_user_attr(WORKER_ATTR, "elsewhere:1:1")  # another host: cannot be judged here
     mine = study.ask()
-    from oodcache.search.recovery import worker_id
+    from oodcache.holder import holder_id
 
-    mine.set_user_attr(WORKER_ATTR, worker_id())  # this very process: alive
+    mine.set_user_attr(WORKER_ATTR, holder_id())  # this very process: alive
     assert recover_stale_trials(study) == []
     assert [t.state for t in _study(cache).trials][1:] == [TrialState.RUNNING] * 2
 
