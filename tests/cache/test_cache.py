@@ -4,6 +4,7 @@ reader's refusals."""
 from __future__ import annotations
 
 import hashlib
+import socket
 import subprocess
 import sys
 import textwrap
@@ -188,7 +189,8 @@ def test_second_writer_is_refused_while_a_live_process_writes(tmp_path: Path) ->
             assert holder.stdout is not None and holder.stdin is not None
             assert holder.stdout.readline().strip() == "holding"
             lock = path.with_name(path.name + ".lock")
-            assert lock.read_text().strip() == str(holder.pid)
+            host, pid, start = lock.read_text().strip().rsplit(":", 2)  # host:pid:start
+            assert pid == str(holder.pid) and host == socket.gethostname() and start.isdigit()
             second = CacheWriter(
                 path,
                 attrs={"arch": "x", "benchmark": "y"},
@@ -199,7 +201,8 @@ def test_second_writer_is_refused_while_a_live_process_writes(tmp_path: Path) ->
             with pytest.raises(CacheLockedError, match=str(holder.pid)):
                 second.__enter__()
             assert not path.exists()  # the refused writer touched nothing of the holder's
-            assert lock.read_text().strip() == str(holder.pid)
+            host, pid, start = lock.read_text().strip().rsplit(":", 2)  # host:pid:start
+            assert pid == str(holder.pid) and host == socket.gethostname() and start.isdigit()
             holder.stdin.write("\n")
             holder.stdin.flush()
             assert holder.wait(timeout=60) == 0
