@@ -736,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         PermissionError,
         RuntimeError,
         OSError,  # a full disk, a read-only folder: a message, not a traceback
+        FloatingPointError,  # non-finite scores (as_score)
     ) as err:
         if args.verbose:
             raise

@@ -211,6 +211,21 @@ class Cache:
             n = g["labels"].shape[0]
             if g["logits"].shape != (n, k) or g["features"].shape != (n, w.shape[1]):
                 raise CacheError(f"{self.path}: split {name!r} has inconsistent shapes")
+            if not schema.valid_name(_attr(g.attrs.get("dataset", name))):
+                raise CacheError(f"{self.path}: split {name!r} has an invalid dataset name")
+            if schema.LAYERS in g:
+                for layer in self.layers:
+                    lg = g[schema.LAYERS].get(layer)
+                    shapes = [
+                        lg[kind].shape if lg is not None and kind in lg else None
+                        for kind in (schema.ACTIVATION, schema.GRADIENT)
+                    ]
+                    act, grad = shapes
+                    if act is None or grad is None or act != grad or act[0] != n:
+                        raise CacheError(
+                            f"{self.path}: split {name!r}, layer {layer!r}: activation and "
+                            f"gradient must both be ({n}, C), found {shapes}"
+                        )
 
     # ----------------------------------------------------------------- metadata
     @property

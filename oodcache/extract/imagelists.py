@@ -59,6 +59,8 @@ IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif",
 )  # fmt: skip
 SUBSETS = ("fit", "sanity", "train", "holdout")
+#: longest image-list line read (a path and a label; OpenOOD's are under 200 bytes)
+MAX_LIST_LINE = 4096
 SOURCE_KEYS = {"list": {"list", "root"}, "folder": {"folder"}, "subset": {"subset", "size"}}
 PARTITION_KEYS = {"list", "root", "folder", "sanity_per_class"}
 
@@ -117,11 +119,26 @@ def _label(extra: str, origin: str) -> int | None:
 
 
 def read_list(list_file: Path, *, is_id: bool, num_classes: int) -> list[Item]:
-    """Parse an OpenOOD image list (``path label`` per line; blank and ``#`` lines skipped)."""
+    """Parse an OpenOOD image list (``path label`` per line; blank and ``#`` lines skipped).
+    Only a regular file is read (not a device or FIFO behind a symlink), lines of at most
+    ``MAX_LIST_LINE`` bytes, UTF-8; an error names the file and line."""
     items: list[Item] = []
     seen: dict[str, str] = {}
-    with list_file.open(encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+    if not list_file.resolve().is_file():
+        raise ImageListError(f"{list_file}: not a regular file (an image list is a text file)")
+    with list_file.open("rb") as fh:
+        for lineno, data in enumerate(iter(lambda: fh.readline(MAX_LIST_LINE + 1), b""), 1):
+            if len(data) > MAX_LIST_LINE:
+                raise ImageListError(
+                    f"{list_file}:{lineno}: a line longer than {MAX_LIST_LINE} bytes; not an "
+                    "image list"
+                )
+            try:
+                raw = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ImageListError(
+                    f"{list_file}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start})"
+                ) from None
             line = raw.rstrip("\r\n")
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
@@ -149,8 +166,16 @@ def read_list(list_file: Path, *, is_id: bool, num_classes: int) -> list[Item]:
 
 
 def _images_below(folder: Path) -> list[str]:
+    """Image files below ``folder`` (sorted, symlinks followed); a folder reached twice (a symlink
+    loop or two links to one folder) is walked once, so no image is counted twice."""
     out: list[str] = []
+    visited: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in visited:
+            dirnames.clear()
+            continue
+        visited.add((st.st_dev, st.st_ino))
         dirnames.sort()
         rel = os.path.relpath(dirpath, folder)
         for name in sorted(filenames):

@@ -399,4 +399,19 @@ CASES: dict[str, Case] = {
         "the reused-pid lock is stale and taken over (it used to refuse forever); the other "
         "host's lock is refused naming its holder and left in place (it used to be removed)",
     ),
+    "list-hostile-files": Case(
+        "data",
+        "an image list that is a symlink to /dev/zero, a FIFO, or has a byte that is not UTF-8",
+        "ImageListError at once naming the file (and the line), without reading the device",
+    ),
+    "folder-symlink-loop": Case(
+        "data",
+        "an OOD folder with a symlink back to itself and a second link to a sub-folder",
+        "each image counted once",
+    ),
+    "cache-missing-gradient": Case(
+        "cache",
+        "one split's layer with its gradient dataset deleted, then `oodcache search --method nac`",
+        "CacheError / exit 2 naming the split and layer, no traceback",
+    ),
 }

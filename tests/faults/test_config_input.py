@@ -3,6 +3,7 @@ refused by ``oodcache extract`` with a message naming the file and the key, befo
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -119,3 +120,35 @@ def test_an_arch_layer_name_that_is_a_path_is_refused(tmp_path: Path) -> None:
     path.write_text(body.replace("  layer3:", "  ../l3:", 1))
     with pytest.raises(ConfigError, match="layer name '../l3' is not a valid name"):
         load_arch(str(path))
+
+
+@case("list-hostile-files")
+@pytest.mark.parametrize("how", ["dev-zero", "not-utf8", "fifo"])
+def test_an_image_list_that_is_not_a_text_file_is_refused(tmp_path: Path, how: str) -> None:
+    from oodcache.extract.imagelists import ImageListError, read_list
+
+    path = tmp_path / "list.txt"
+    if how == "dev-zero":
+        path.symlink_to("/dev/zero")  # used to read 13 GB before failing
+        match = "not a regular file"
+    elif how == "fifo":
+        os.mkfifo(path)
+        match = "not a regular file"
+    else:
+        path.write_bytes(b"a.png 0\nb\xff.png 1\n")
+        match = r"list.txt:2: not UTF-8"
+    with pytest.raises(ImageListError, match=match):
+        read_list(path, is_id=True, num_classes=2)
+
+
+@case("folder-symlink-loop")
+def test_a_symlink_loop_counts_each_image_once(tmp_path: Path) -> None:
+    from oodcache.extract.imagelists import scan_folder
+
+    root = tmp_path / "ood"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "img.png").write_bytes(b"x")
+    (root / "sub" / "loop").symlink_to(root)  # used to count img.png 41 times
+    (root / "again").symlink_to(root / "sub")
+    items = scan_folder(root, is_id=False, num_classes=2)
+    assert len(items) == 1

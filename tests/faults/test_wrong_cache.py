@@ -178,3 +178,15 @@ def test_nonfinite_values_and_bad_labels_are_refused(cache: Path, how: str) -> N
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "split 'id_val'" in done.stderr
     assert not (cache.parent / "best").exists()  # no val AUROC of 100.00 from NaN states
+
+
+@case("cache-missing-gradient")
+def test_a_layer_without_its_gradient_is_refused(cache: Path) -> None:
+    with h5py.File(cache, "r+") as f:
+        layer = next(iter(f["splits/id_val/layers"]))
+        del f[f"splits/id_val/layers/{layer}/gradient"]
+    with pytest.raises(CacheError, match=f"layer '{layer}': activation and gradient"):
+        Cache(cache)
+    cmd = cli("search", "--cache", str(cache), "--method", "nac", "--trials", "1")
+    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
