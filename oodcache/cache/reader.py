@@ -295,10 +295,19 @@ class Cache:
         return schema.LAYERS in self.file[f"{schema.SPLITS}/{name}"]
 
     def fingerprint(self) -> str:
-        """Content hash (head, split names/roles/sizes, arch, benchmark, weights) naming this cache."""
+        """Hash naming this cache's content: arch, benchmark, weights and, for caches with content
+        hashes, every dataset's (so any changed value changes it); for older caches the head,
+        split names/roles/sizes and the first logits."""
         h = hashlib.sha256()
         for key in ("arch", "benchmark", "weights_sha256", "format_version"):
             h.update(repr(_attr(self.file.attrs.get(key, ""))).encode())
+        hashes = sorted(
+            (name, _attr(ds.attrs.get(schema.CONTENT_HASH))) for name, ds in self.iter_datasets()
+        )
+        if hashes and all(digest is not None for _, digest in hashes):
+            for name, digest in hashes:
+                h.update(f"{name}={digest};".encode())
+            return h.hexdigest()[:16]
         h.update(np.ascontiguousarray(self.file[f"{schema.HEAD}/weight"][()]).tobytes())
         h.update(np.ascontiguousarray(self.file[f"{schema.HEAD}/bias"][()]).tobytes())
         for name, role in self.roles.items():
@@ -318,9 +327,21 @@ class Cache:
         return iter(found)
 
     # ----------------------------------------------------------------- arrays
+    def _read(self, ds: h5py.Dataset, dtype: type, where: str) -> np.ndarray:
+        """A dataset as a read-only array, checked against the content hash the writer recorded
+        (caches written before hashes existed are read unchecked)."""
+        a = _frozen(np.asarray(ds[()], dtype=dtype))
+        stored = _attr(ds.attrs.get(schema.CONTENT_HASH))
+        if stored is not None and (a.dtype != ds.dtype or schema.content_hash([a]) != stored):
+            raise CacheError(
+                f"{self.path}: {where} differs from what the extraction wrote (edited or damaged "
+                "since: its content hash does not match); re-extract the cache"
+            )
+        return a
+
     def head(self) -> tuple[FloatArray, FloatArray]:
-        w = _frozen(np.asarray(self.file[f"{schema.HEAD}/weight"][()], dtype=np.float32))
-        b = _frozen(np.asarray(self.file[f"{schema.HEAD}/bias"][()], dtype=np.float32))
+        w = self._read(self.file[f"{schema.HEAD}/weight"], np.float32, "head/weight")
+        b = self._read(self.file[f"{schema.HEAD}/bias"], np.float32, "head/bias")
         return w, b
 
     def load(self, name: str, *, layers: bool = True, odin: bool = False) -> Split:
@@ -343,7 +364,7 @@ class Cache:
         w, b = self.head()
 
         def arr(ds: h5py.Dataset, dtype: type) -> np.ndarray:
-            return _frozen(np.asarray(ds[()], dtype=dtype))
+            return self._read(ds, dtype, f"split {name!r}, {ds.name.split('/', 3)[-1]}")
 
         acts: dict[str, FloatArray] = {}
         grads: dict[str, FloatArray] = {}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Iterable
+
+import numpy as np
 
 FORMAT = "oodcache"
 FORMAT_VERSION = 1
@@ -25,6 +29,22 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 def valid_name(value: object) -> bool:
     return isinstance(value, str) and bool(NAME_PATTERN.fullmatch(value)) and ".." not in value
+
+
+#: attribute of every dataset: SHA-256 of its C-order bytes, written last by the writer and checked
+#: by the reader on every array it loads (``content_hash``); the cache fingerprint combines them
+CONTENT_HASH = "sha256"
+#: rows hashed per read when a dataset is hashed from the file
+HASH_ROWS = 1 << 14
+
+
+def content_hash(blocks: Iterable[np.ndarray]) -> str:
+    """SHA-256 of the C-order bytes of consecutive row blocks of one array (the same digest as
+    hashing the whole array at once)."""
+    h = hashlib.sha256()
+    for block in blocks:
+        h.update(np.ascontiguousarray(block).data)
+    return h.hexdigest()
 
 
 OOD_LABEL = -1

@@ -92,6 +92,18 @@ class CacheLock:
         self.path.unlink(missing_ok=True)
 
 
+def _hash_datasets(file: h5py.File) -> None:
+    """Record every dataset's content hash (``schema.CONTENT_HASH``), read back by row blocks."""
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            rows = range(0, obj.shape[0] if obj.ndim else 1, schema.HASH_ROWS)
+            blocks = (obj[i : i + schema.HASH_ROWS] if obj.ndim else obj[()] for i in rows)
+            obj.attrs[schema.CONTENT_HASH] = schema.content_hash(blocks)
+
+    file.visititems(visit)
+
+
 class SplitWriter:
     """Rows of one split, written batch by batch into pre-allocated, row-chunked datasets."""
 
@@ -255,6 +267,7 @@ class CacheWriter:
         try:
             for split in self.splits:
                 split.close()
+            _hash_datasets(self.file)
             self.file.attrs[schema.COMPLETE] = True
             self.file.flush()
             faultpoint("writer.closing")

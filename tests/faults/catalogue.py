@@ -414,4 +414,12 @@ CASES: dict[str, Case] = {
         "one split's layer with its gradient dataset deleted, then `oodcache search --method nac`",
         "CacheError / exit 2 naming the split and layer, no traceback",
     ),
+    "cache-edited-after-study": Case(
+        "cache",
+        "after a study, the OOD-val logits rows reordered in place (same values, same first "
+        "rows), then `oodcache search` again",
+        "loading the edited split is a CacheError / exit 2 naming it (its content hash no "
+        "longer matches); with the hash attribute recomputed too, the fingerprint (over every "
+        "dataset's hash) changes and the old study is refused as another cache's",
+    ),
 }

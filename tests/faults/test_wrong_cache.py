@@ -190,3 +190,32 @@ def test_a_layer_without_its_gradient_is_refused(cache: Path) -> None:
     cmd = cli("search", "--cache", str(cache), "--method", "nac", "--trials", "1")
     done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+@case("cache-edited-after-study")
+@pytest.mark.parametrize("rehash", [False, True])
+def test_a_cache_edited_after_its_study_is_never_resumed(cache: Path, rehash: bool) -> None:
+    """The OOD-val rows reordered after a study (same values, same sizes: every old check
+    passed). Either the edited array fails its content hash on load, or, when its hash attribute
+    was recomputed too, the fingerprint (which covers every dataset's hash) changes and the old
+    study is refused as another cache's."""
+    from oodcache.cache.schema import CONTENT_HASH, content_hash
+
+    cmd = cli("search", "--cache", str(cache), "--method", "msp", "--trials", "1")
+    assert subprocess.run(cmd, env=cli_env(), capture_output=True).returncode == 0
+    with Cache(cache) as c:
+        before = c.fingerprint()
+    with h5py.File(cache, "r+") as f:
+        logits = f["splits/ood_val/logits"]
+        logits[...] = logits[()][::-1]
+        if rehash:
+            logits.attrs[CONTENT_HASH] = content_hash([logits[()]])
+    with Cache(cache) as c:
+        if rehash:
+            assert c.fingerprint() != before
+        else:
+            with pytest.raises(CacheError, match="ood_val.*content hash does not match"):
+                c.load("ood_val")
+    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert ("made on another cache" if rehash else "content hash") in done.stderr
