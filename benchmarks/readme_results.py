@@ -74,7 +74,11 @@ def markdown(df: object) -> str:
     assert isinstance(df, pd.DataFrame)
     head = "| method | " + " | ".join(df.columns) + " |"
     rule = "|---|" + "---|" * len(df.columns)
-    rows = [f"| {m} | " + " | ".join(f"{v:.2f}" for v in df.loc[m]) + " |" for m in df.index]
+
+    def cell(v: float) -> str:  # NaN: no held-out sanity check for this method
+        return "–" if v != v else f"{v:.2f}"
+
+    rows = [f"| {m} | " + " | ".join(cell(v) for v in df.loc[m]) + " |" for m in df.index]
     return "\n".join([head, rule, *rows])
 
 

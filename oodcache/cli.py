@@ -649,7 +649,7 @@ def _print_summary(folder: Path) -> None:
         f"\nsummary ({folder.parent.parent.name}/{folder.parent.name}, percent; best far "
         "AUROC first; near/far = means over the test sets of each group):"
     )
-    print(summary.to_string(float_format=lambda v: f"{v:.2f}"))
+    print(summary.to_string(float_format=lambda v: "–" if math.isnan(v) else f"{v:.2f}"))
     print(f"\nfull report: {folder / 'report.html'} (figures, every table)")
     print(f"             {folder / 'report.md'}, {folder / 'results.csv'}")
 
