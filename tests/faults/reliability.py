@@ -51,6 +51,22 @@ How the faults are made:
   then their merged copy; less the shards already done) before the network
   runs; a disk that fills anyway fails cleanly. Read-only and tiny filesystems are real tmpfs
   mounts (skipped without root).
+- **Study journals** are checked under Optuna's own lock before use (`oodcache/search/journal.py`):
+  a file that is not a journal is refused untouched, an unfinished last record (a write cut by a
+  full disk) is moved to `<journal>.partial-<n>` before anything is appended. A study optimising
+  the other way is refused. The report reads studies only from `studies/` beside the cache, or
+  from database URLs given with `--study-storage`.
+- **Every output is atomic** (`oodcache/files.py`: `<name>.tmp`, fsync, rename): best files,
+  score files, split lists, trained weights, each report file; figures are drawn into
+  `figures.partial/` and swapped in complete. Ctrl-C in a search keeps the finished trials and
+  writes the best file from them.
+- **Content hashes**: the writer records every dataset's SHA-256; the reader checks each array it
+  loads, and the fingerprint covers them all, so an edited cache is neither read nor resumed.
+  Values that are NaN or infinite, and labels outside their range, are refused on load.
+- **Inputs are validated before work**: YAML without duplicate keys or aliases, names from one
+  alphabet (letters, digits, `_`, `-`, `.`; never a path), types, roles and ranges of every config
+  key, hyperparameters against their declared domains, command-line counts. Locks and trials name
+  their holder as `host:pid:start`.
 
 Known limits (by design or not yet done):
 
@@ -61,6 +77,11 @@ Known limits (by design or not yet done):
   are kept and skipped); a shard is the unit of resume.
 - The image-list path check is lexical: symlinks inside the data root are followed on purpose.
 - A disk that fills up mid-write is reported with HDF5's own message ("No space left on device").
+- Not yet done (issue 14): a resumed shard does not re-check the images it was made from (size,
+  mtime); the free-space check runs after the digits model's training; the segmentation fault
+  reported for a full disk during a shard write is not reproduced by a case here.
+- Content hashes cover caches written by this version; older caches load unchecked, with the
+  older fingerprint.
 """
 
 
