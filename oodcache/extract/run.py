@@ -243,19 +243,8 @@ def _extract(
 ) -> Path:
     arch_cfg, bench_cfg = _resolve(arch, benchmark)
     _check_inputs(arch_cfg, bench_cfg, out, weights, data)
-    if ranks.is_main:  # trains the digits model on first use: once, before the other ranks look
-        weights_path = _weights(arch_cfg, bench_cfg, out, weights, progress)
-    ranks.barrier()
-    if not ranks.is_main:
-        weights_path = _weights(arch_cfg, bench_cfg, out, weights, progress=False)
-    model = build_model(arch_cfg)
-    load_weights(model, weights_path)
+    model = build_model(arch_cfg)  # its structure sizes the cache; weights are loaded below
     model.eval()
-    head = dict(model.named_modules()).get(arch_cfg.head)
-    if head is None:
-        raise ConfigError(f"arch {arch_cfg.name}: no head module named {arch_cfg.head!r}")
-    head_w, head_b = head_parameters(head, f"arch {arch_cfg.name}")
-    model.to(dev)
     preprocess: Preprocess | None = None
     if workers is None:
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -283,6 +272,19 @@ def _extract(
     preflight.check_space(
         out, preflight.planned_bytes(model, arch_cfg, bench_cfg, splits, odin_grid)
     )
+    # only now the weights: the digits model trains on first use (a minute), after every check
+    if ranks.is_main:  # once, before the other ranks look
+        weights_path = _weights(arch_cfg, bench_cfg, out, weights, progress)
+    ranks.barrier()
+    if not ranks.is_main:
+        weights_path = _weights(arch_cfg, bench_cfg, out, weights, progress=False)
+    load_weights(model, weights_path)
+    model.eval()
+    head = dict(model.named_modules()).get(arch_cfg.head)
+    if head is None:
+        raise ConfigError(f"arch {arch_cfg.name}: no head module named {arch_cfg.head!r}")
+    head_w, head_b = head_parameters(head, f"arch {arch_cfg.name}")
+    model.to(dev)
     attrs = {
         "arch": arch_cfg.name,
         "benchmark": bench_cfg.name,

@@ -422,4 +422,9 @@ CASES: dict[str, Case] = {
         "longer matches); with the hash attribute recomputed too, the fingerprint (over every "
         "dataset's hash) changes and the old study is refused as another cache's",
     ),
+    "disk-too-little-space-before-training": Case(
+        "disk",
+        "`oodcache extract` of the digits benchmark with no trained model yet and 1000 bytes free",
+        "exit 2 naming the space needed, before the model trains (no weights.pt written)",
+    ),
 }

@@ -158,3 +158,15 @@ def test_search_beside_a_read_only_cache_is_a_clean_error(
     assert cause in done.stderr and str(folder / "studies") in done.stderr
     assert "Traceback" not in done.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["cache.h5"]
+
+
+@case("disk-too-little-space-before-training")
+def test_too_little_space_is_refused_before_the_digits_model_trains(tmp_path: Path) -> None:
+    out = tmp_path / "cache.h5"  # no weights.pt beside it: the digits model would train first
+    cmd = cli("extract", "--arch", "digits_resnet", "--benchmark", "digits", "--out", str(out))
+    done = subprocess.run(
+        cmd, env=cli_env(OODCACHE_ASSUME_FREE_BYTES="1000"), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and "not enough space" in done.stderr, done.stderr
+    assert not (tmp_path / "weights.pt").exists()  # refused before a minute of training
