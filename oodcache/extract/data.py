@@ -36,6 +36,11 @@ class SplitSource(Protocol):
         order."""
         ...
 
+    def identity(self, start: int, stop: int) -> str:
+        """A hash that changes when the images of rows ``start:stop`` change (a finished shard is
+        resumed only when it matches)."""
+        ...
+
 
 Loader = Callable[..., dict[str, SplitSource]]
 

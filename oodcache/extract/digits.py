@@ -16,6 +16,7 @@ trained on all of ``train``, as in the NAC protocol.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ class ImageSet:
         stop = len(self.labels) if stop is None else stop
         for i in range(start, stop, batch_size):
             yield torch.from_numpy(self.images[i : min(i + batch_size, stop)])
+
+    def identity(self, start: int, stop: int) -> str:
+        """Hash of the pixels of rows ``start:stop`` (a resumed shard must hold these images)."""
+        return hashlib.sha256(np.ascontiguousarray(self.images[start:stop]).data).hexdigest()
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:

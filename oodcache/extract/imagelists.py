@@ -32,6 +32,7 @@ argument) missing and undecodable images are skipped instead and recorded in
 from __future__ import annotations
 
 import ast
+import hashlib
 import logging
 import math
 import os
@@ -327,6 +328,15 @@ class ImageSplit:
     @property
     def pixel_std(self) -> tuple[float, ...]:
         return self.preprocess.std
+
+    def identity(self, start: int, stop: int) -> str:
+        """Hash of the paths, sizes and modification times of the image files of rows
+        ``start:stop``: a resumed shard must have been made from these very files."""
+        h = hashlib.sha256()
+        for it in self.items[start:stop]:
+            st = (self.root / it.path).stat()
+            h.update(f"{it.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
 
     def batches(
         self, batch_size: int, workers: int = 0, *, start: int = 0, stop: int | None = None

@@ -328,6 +328,7 @@ def _extract(
                 "split_attrs": _split_attrs(splits[name]),
                 "rows": [start, stop],
                 "labels": hashlib.sha256(labels.tobytes()).hexdigest(),
+                "images": splits[name].identity(start, stop),
             }
         )
 

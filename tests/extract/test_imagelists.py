@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -568,3 +569,17 @@ def test_openood_cifar10_tree_writes_the_authors_sanity_and_fit(tmp_path: Path) 
     assert paths(run / "fit.txt") == {line.split(" ")[0] for line in build}
     # train: every line of the training list (the official statistics' set)
     assert paths(run / "train.txt") == {line.split(" ")[0] for line in lines if line.strip()}
+
+
+def test_identity_changes_when_an_image_file_changes(tmp_path: Path) -> None:
+    """A finished shard is resumed only for the same files: path, size and mtime enter its key."""
+    for i in range(3):
+        save_image(tmp_path / f"{i}.png", "rgb_png", i)
+    items = [Item(f"{i}.png", 0, f"l:{i}") for i in range(3)]
+    split = ImageSplit("s", tmp_path, items, preprocess=None)  # type: ignore[arg-type]
+    before = split.identity(0, 3)
+    assert split.identity(0, 3) == before and split.identity(0, 2) != before
+    save_image(tmp_path / "1.png", "rgb_png", 99, size=(15, 11))  # replaced on disk
+    os.utime(tmp_path / "1.png", ns=(1, 1))
+    assert split.identity(0, 3) != before
+    assert split.identity(2, 3) == ImageSplit("s", tmp_path, items, None).identity(2, 3)  # type: ignore[arg-type]
