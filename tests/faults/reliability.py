@@ -77,9 +77,10 @@ Known limits (by design or not yet done):
   are kept and skipped); a shard is the unit of resume.
 - The image-list path check is lexical: symlinks inside the data root are followed on purpose.
 - A disk that fills up mid-write is reported with HDF5's own message ("No space left on device").
-- Not yet done (issue 14): a resumed shard does not re-check the images it was made from (size,
-  mtime); the free-space check runs after the digits model's training; the segmentation fault
-  reported for a full disk during a shard write is not reproduced by a case here.
+- A resumed shard is matched to its images by path, size and modification time (not by
+  content); the free-space check runs before anything is trained or written.
+- Not reproduced by a case here: the segmentation fault reported for a full disk during a shard
+  write (the writer's abort closing a file whose flush failed).
 - Content hashes cover caches written by this version; older caches load unchecked, with the
   older fingerprint.
 """
