@@ -76,12 +76,17 @@ def cell(value: object, digits: int = 2) -> str:
     return str(value)
 
 
+def _md_cell(text: str) -> str:
+    """Cell text that stays one cell and no markup: ``|`` escaped, ``<`` and ``&`` as entities."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|")
+
+
 def _md_table(t: Table) -> str:
     df = t.df.reset_index() if t.index else t.df
     cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(v).replace("|", "\\|") for v in row) + " |")
+        lines.append("| " + " | ".join(_md_cell(cell(v)) for v in row) + " |")
     if t.caption:
         lines.insert(0, t.caption + "\n")
     return "\n".join(lines)
