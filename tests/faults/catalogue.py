@@ -427,4 +427,10 @@ CASES: dict[str, Case] = {
         "`oodcache extract` of the digits benchmark with no trained model yet and 1000 bytes free",
         "exit 2 naming the space needed, before the model trains (no weights.pt written)",
     ),
+    "cli-numbers-out-of-range": Case(
+        "data",
+        "`--trials -3`, `--jobs 0`, `--timeout nan`, `--batch-size 0`, `--bootstrap -5`, "
+        "`demo --trials 0`",
+        "argparse error (exit 2) naming the argument and its range; nothing started",
+    ),
 }

@@ -75,3 +75,23 @@ def test_params_that_are_not_a_json_object_are_refused(cache: Path, tmp_path: Pa
         )  # fmt: skip
         done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+@case("cli-numbers-out-of-range")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", "--trials", "-3"],
+        ["search", "--jobs", "0"],
+        ["search", "--timeout", "nan"],
+        ["extract", "--batch-size", "0"],
+        ["report", "--bootstrap", "-5"],
+        ["demo", "--trials", "0"],
+    ],
+)
+def test_command_line_numbers_are_range_checked(argv: list[str], tmp_path: Path) -> None:
+    done = subprocess.run(
+        cli(*argv), env=cli_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 2 and "must be" in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
