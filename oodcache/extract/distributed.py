@@ -8,6 +8,7 @@ and the merged cache is identical to it. A plain process is the one-rank case (n
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from collections.abc import Iterator
@@ -20,6 +21,24 @@ import torch.distributed as tdist
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+#: seconds a collective (the barrier after the weights are ready) may wait, unless
+#: ``OODCACHE_DIST_TIMEOUT`` says otherwise; generous because one rank may train or resume while
+#: the others wait. The merge involves no collective: rank 0 waits for the other ranks' shard files.
+DEFAULT_TIMEOUT_S = 6 * 3600
+
+
+def timeout_seconds() -> float:
+    """The process-group timeout: ``OODCACHE_DIST_TIMEOUT`` seconds, else ``DEFAULT_TIMEOUT_S``."""
+    text = os.environ.get("OODCACHE_DIST_TIMEOUT", "")
+    try:
+        value = float(text) if text else float(DEFAULT_TIMEOUT_S)
+    except ValueError:
+        raise ValueError(
+            f"OODCACHE_DIST_TIMEOUT must be a number of seconds, got {text!r}"
+        ) from None
+    if not value > 0:
+        raise ValueError(f"OODCACHE_DIST_TIMEOUT must be positive, got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -77,7 +96,8 @@ def session(device: torch.device) -> Iterator[Ranks]:
     created = False
     if ranks.world_size > 1 and not tdist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        tdist.init_process_group(backend=backend)
+        timeout = datetime.timedelta(seconds=timeout_seconds())
+        tdist.init_process_group(backend=backend, timeout=timeout)
         created = True
         log.info("rank %d of %d (%s)", ranks.rank, ranks.world_size, backend)
     try:

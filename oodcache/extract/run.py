@@ -382,9 +382,9 @@ def _extract(
                 key=key(name, start, stop),
             )
         bar.close()
-    ranks.barrier()
-    if ranks.is_main:
+    if ranks.is_main:  # the other ranks are done once their shard files are: no collective wait
         parts: dict[str, list[tuple[int, Path]]] = {}
+        expected: dict[Path, str] = {}
         for name in splits:
             parts[name] = []
             for r in range(ranks.world_size):
@@ -392,9 +392,9 @@ def _extract(
                 path = shards.shard_path(out, name, r, ranks.world_size)
                 if start == stop:
                     continue
-                if not shards.is_complete(path, key(name, start, stop)):
-                    raise RuntimeError(f"shard {path} is missing or unfinished; rerun extract")
+                expected[path] = key(name, start, stop)
                 parts[name].append((r, path))
+        _wait_for_shards(expected, timeout=distributed.timeout_seconds())
         timing = shards.merge(
             out,
             parts,
@@ -413,8 +413,25 @@ def _extract(
         )
         if not keep_shards:
             shutil.rmtree(shards.shard_dir(out), ignore_errors=True)
-    ranks.barrier()
-    return out
+    return out  # the other ranks returned after their shards: nothing waits on the merge
+
+
+def _wait_for_shards(expected: dict[Path, str], *, timeout: float, poll: float = 1.0) -> None:
+    """Return once every shard in ``expected`` (path -> settings key) is complete. Rank 0 waits
+    here for the other ranks' files instead of a barrier, so that no rank sits in a collective
+    while another resumes or merges (a collective times out and torchrun ends every rank)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = [p for p, k in expected.items() if not shards.is_complete(p, k)]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{len(missing)} shards of other ranks are still missing after {timeout:.0f} s "
+                f"(first: {missing[0]}); is the output folder shared by every node? Rerun extract "
+                "to resume (finished shards are kept)"
+            )
+        time.sleep(poll)
 
 
 #: extraction settings hashed into every shard (with the split, its rows and their labels)

@@ -235,3 +235,40 @@ def test_cuda_extraction_is_close_to_cpu(
                     np.testing.assert_allclose(x, y, atol=rel * float(np.abs(y).max()))
                 g, h = a.gradients[layer], b.gradients[layer]
                 assert np.corrcoef(g.ravel(), h.ravel())[0, 1] > 0.95
+
+
+_SLOW_MERGE = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    import oodcache.cache.shards as shards
+    real = shards.merge
+    def slow(*args, **kwargs):
+        time.sleep(8)  # a long merge on rank 0, past the process group's 3 s timeout
+        return real(*args, **kwargs)
+    shards.merge = slow
+    import oodcache.extract.run as run
+    run.extract("digits_resnet", sys.argv[1], Path(sys.argv[2]), weights=Path(sys.argv[3]),
+                batch_size=int(sys.argv[4]), progress=False, device="cpu")
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_long_merge_does_not_time_out_the_other_ranks(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    """Rank 1 finishes its shards and leaves; rank 0 waits for rank 1's files (no collective) and
+    merges for longer than the process-group timeout (issue 15: the barrier after the merge made
+    torchrun end every rank, rank 0 mid-merge, and no cache was written)."""
+    out = tmp_path / "cache.h5"
+    script = tmp_path / "slow_merge.py"
+    script.write_text(_SLOW_MERGE)
+    cmd = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+        *(str(script), str(setup["bench"]), str(out), str(setup["s0"]), str(BATCH)),
+    ]
+    env = {**_env(), "OODCACHE_DIST_TIMEOUT": "3"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert differences(setup["ref"], out) == []
