@@ -180,6 +180,12 @@ def _extract_parser(sub: Any) -> None:
         "(fp16 scales the loss by 2**12 against gradient underflow) (default: off)",
     )
     p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="allow TF32 matmuls and convolutions on Ampere+ GPUs (faster, not float32; recorded "
+        "in the cache; default: off, so --autocast off is float32)",
+    )
+    p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
         default="auto",
@@ -401,6 +407,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                 odin_grid=[] if args.no_odin else None,
                 progress=not args.quiet,
                 autocast=args.autocast,
+                tf32=args.tf32,
                 device=args.device,
                 keep_shards=args.keep_shards,
             )

@@ -30,10 +30,16 @@ class SplitSource(Protocol):
         ...
 
     def batches(
-        self, batch_size: int, workers: int = 0, *, start: int = 0, stop: int | None = None
+        self,
+        batch_size: int,
+        workers: int = 0,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        pin: bool = False,
     ) -> Iterator[torch.Tensor]:
         """Normalised image batches (B, C, H, W) of rows ``start:stop`` (default: all), in split
-        order."""
+        order; in pinned memory with ``pin`` where the source decodes images."""
         ...
 
     def identity(self, start: int, stop: int) -> str:

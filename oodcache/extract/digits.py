@@ -45,7 +45,13 @@ class ImageSet:
     pixel_std: tuple[float, ...] = (0.5,)
 
     def batches(
-        self, batch_size: int, workers: int = 0, *, start: int = 0, stop: int | None = None
+        self,
+        batch_size: int,
+        workers: int = 0,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        pin: bool = False,
     ) -> Iterator[torch.Tensor]:
         """Consecutive batches of rows ``start:stop`` (default: all), in split order."""
         stop = len(self.labels) if stop is None else stop

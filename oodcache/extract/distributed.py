@@ -74,8 +74,18 @@ def from_env() -> Ranks:
         raise ValueError(f"bad torchrun variable (RANK, WORLD_SIZE, LOCAL_RANK): {exc}") from exc
 
 
+def allowed_cpus() -> int:
+    """CPUs this process may run on (SLURM and cgroup CPU sets restrict it), not the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def resolve_device(device: str, ranks: Ranks) -> torch.device:
-    """``auto`` picks CUDA when available; under torchrun each rank takes GPU ``LOCAL_RANK``."""
+    """``auto`` picks CUDA when available; under torchrun each rank takes GPU ``LOCAL_RANK``.
+    More processes on a node than GPUs is refused (two ranks on one GPU make NCCL fail at its
+    first collective with "Duplicate GPU detected")."""
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose from {DEVICES}")
     if device == "auto":
@@ -83,9 +93,37 @@ def resolve_device(device: str, ranks: Ranks) -> torch.device:
     if device == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda, but torch sees no GPU; use --device cpu")
-        torch.cuda.set_device(ranks.local_rank % torch.cuda.device_count())
+        gpus = torch.cuda.device_count()
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if per_node > gpus or ranks.local_rank >= gpus:
+            raise RuntimeError(
+                f"{per_node} processes on this node but {gpus} visible GPUs: start at most "
+                f"{gpus} (torchrun --nproc_per_node={gpus}) or make more GPUs visible "
+                "(CUDA_VISIBLE_DEVICES)"
+            )
+        torch.cuda.set_device(ranks.local_rank)
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def configure_cuda(dev: torch.device, *, autocast: str, tf32: bool) -> None:
+    """CUDA numerics for an extraction: bf16 only where the GPU computes it natively (compute
+    capability 8.0+; older GPUs emulate it and cuDNN has no bf16 convolutions there), TF32 only
+    when asked for (PyTorch enables it for cuDNN convolutions by default, so "float32" would not
+    be), and cuDNN's deterministic algorithms without autotuning. A no-op on CPU."""
+    if dev.type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(dev)
+    if autocast == "bf16" and major < 8:
+        raise RuntimeError(
+            f"--autocast bf16 needs native bfloat16 (compute capability 8.0+, Ampere or newer); "
+            f"{torch.cuda.get_device_name(dev)} has {major}.{minor} and would only emulate it: "
+            "use --autocast fp16 or off"
+        )
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 @contextmanager

@@ -339,17 +339,24 @@ class ImageSplit:
         return h.hexdigest()
 
     def batches(
-        self, batch_size: int, workers: int = 0, *, start: int = 0, stop: int | None = None
+        self,
+        batch_size: int,
+        workers: int = 0,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        pin: bool = False,
     ) -> Iterator[torch.Tensor]:
         """Normalised (B, 3, H, W) batches of rows ``start:stop`` (default: all) in list order,
-        decoded by ``workers`` processes into pinned memory when CUDA is available."""
+        decoded by ``workers`` processes; into pinned memory with ``pin`` (a CUDA extraction:
+        pinning on a CPU run would create CUDA contexts for nothing)."""
         stop = len(self.items) if stop is None else stop
         loader = DataLoader(
             _Images(self.root, self.items[start:stop], self.preprocess),
             batch_size=batch_size,
             shuffle=False,
             num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=pin,
         )
         yield from loader
 

@@ -165,6 +165,7 @@ def extract(
     autocast: str = "off",
     device: str = "auto",
     keep_shards: bool = False,
+    tf32: bool = False,
 ) -> Path:
     """Run the network once over every split of ``benchmark`` and write the cache to ``out``.
 
@@ -188,7 +189,9 @@ def extract(
     settings (an interrupted run resumes). ``autocast`` (``off``, ``bf16``, ``fp16``) runs the
     forward pass under ``torch.autocast``; recorded values are stored as float32. ``device`` is
     ``auto`` (CUDA if available), ``cpu`` or ``cuda``. The shard folder is deleted after the
-    merge unless ``keep_shards``.
+    merge unless ``keep_shards``. On CUDA, TF32 stays off unless ``tf32`` (recorded in the cache),
+    cuDNN runs deterministic algorithms, and bf16 autocast needs native support
+    (``distributed.configure_cuda``).
     """
     if autocast not in AUTOCAST:
         raise ValueError(f"unknown autocast {autocast!r}; choose from {list(AUTOCAST)}")
@@ -196,6 +199,7 @@ def extract(
     arch = arch if isinstance(arch, ArchConfig) else resolve_arch(arch)
     benchmark = benchmark if isinstance(benchmark, BenchmarkConfig) else load_benchmark(benchmark)
     dev = distributed.resolve_device(device, distributed.from_env())
+    distributed.configure_cuda(dev, autocast=autocast, tf32=tf32)
     out = Path(out)
     lock = CacheLock(lock_path(out))  # held by rank 0 for the whole run: one writer per cache
     with distributed.session(dev) as ranks:
@@ -218,6 +222,7 @@ def extract(
                 skip_bad=skip_bad,
                 autocast=autocast,
                 keep_shards=keep_shards,
+                tf32=tf32,
             )
         finally:
             if ranks.is_main:
@@ -240,6 +245,7 @@ def _extract(
     skip_bad: bool | None,
     autocast: str,
     keep_shards: bool,
+    tf32: bool,
 ) -> Path:
     arch_cfg, bench_cfg = _resolve(arch, benchmark)
     _check_inputs(arch_cfg, bench_cfg, out, weights, data)
@@ -248,7 +254,7 @@ def _extract(
     preprocess: Preprocess | None = None
     if workers is None:
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        workers = max(0, min(8, (os.cpu_count() or 1) // per_node))
+        workers = max(0, min(8, distributed.allowed_cpus() // per_node))
     if bench_cfg.loader in IMAGE_LOADERS:
         preprocess = build_preprocess(arch_cfg, bench_cfg)
     splits = load_splits(
@@ -300,6 +306,7 @@ def _extract(
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "device": dev.type,
         "autocast": autocast,
+        "tf32": bool(tf32 and dev.type == "cuda"),
     }
     if preprocess is not None:
         attrs["transform"] = preprocess.spec
@@ -440,6 +447,7 @@ SHARD_SETTINGS = (
     "config",
     "device",
     "autocast",
+    "tf32",
     "transform",
     "data_root",
 )
@@ -491,7 +499,8 @@ def _extract_shard(
         sw = None
         begin = time.perf_counter()
         i = start
-        for batch in images.batches(job.batch_size, job.workers, start=start, stop=stop):
+        pin = job.dev.type == "cuda"
+        for batch in images.batches(job.batch_size, job.workers, start=start, stop=stop, pin=pin):
             x = batch.to(job.dev, non_blocking=True)
             with torch.autocast(job.dev.type, dtype=dtype, enabled=dtype is not None):
                 if role_layers:
