@@ -509,7 +509,9 @@ def _extract_shard(
                     )
                 else:
                     (logits, feats), acts, grads = forward_only(job.model, x, rec), {}, {}
-                odin = odin_logits(job.model, x, odin_grid, images.pixel_std) if odin_grid else {}
+            # ODIN in float32 whatever --autocast: its input gradient's sign underflows to 0 in
+            # fp16, and a step of ε/σ ≈ 0.003 is below bf16's resolution of the perturbed input
+            odin = odin_logits(job.model, x, odin_grid, images.pixel_std) if odin_grid else {}
             checks = [("logits", logits), ("features", feats)]
             checks += [(f"layer {a} activation", t) for a, t in acts.items()]
             checks += [(f"layer {a} gradient", t) for a, t in grads.items()]

@@ -197,6 +197,11 @@ def test_killed_run_resumes_to_identical_cache(setup: dict[str, Path], tmp_path:
                 )
                 g, h = a.gradients[layer], b.gradients[layer]
                 assert np.corrcoef(g.ravel(), h.ravel())[0, 1] > 0.95
+            # ODIN's passes run in float32 under any autocast: the same perturbed logits
+            a, b = bf16.load(name, odin=True), ref.load(name, odin=True)
+            assert a.odin.keys() == b.odin.keys() and a.odin
+            for key in a.odin:
+                np.testing.assert_array_equal(a.odin[key], b.odin[key])
 
 
 def test_several_checkpoints_write_one_cache_each(setup: dict[str, Path], tmp_path: Path) -> None:
