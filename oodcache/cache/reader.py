@@ -158,6 +158,8 @@ class Cache:
         try:
             self.file = h5py.File(self.path, "r")
         except OSError as err:
+            if schema.locking_refused(err):
+                raise CacheError(f"{self.path}: {schema.LOCKING_HINT}") from err
             raise CacheError(f"{self.path} is not a readable HDF5 file: {err}") from err
         try:
             self._validate()

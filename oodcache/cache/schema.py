@@ -47,6 +47,19 @@ def content_hash(blocks: Iterable[np.ndarray]) -> str:
     return h.hexdigest()
 
 
+#: how to read HDF5 files on filesystems without flock (some NFS and Lustre mounts)
+LOCKING_HINT = (
+    "the filesystem refused HDF5's file lock (some NFS or Lustre mounts have no flock): set "
+    "HDF5_USE_FILE_LOCKING=FALSE in the environment of every process (oodcache's own lock files "
+    "still keep writers apart)"
+)
+
+
+def locking_refused(err: OSError) -> bool:
+    """Whether ``err`` is HDF5's "unable to lock file" (not a missing or damaged file)."""
+    return "unable to lock file" in str(err).lower()
+
+
 OOD_LABEL = -1
 SPLITS = "splits"
 HEAD = "head"

@@ -56,7 +56,9 @@ def is_complete(path: Path, key: str) -> bool:
     try:
         with h5py.File(path, "r") as f:
             return bool(f.attrs.get(schema.COMPLETE, False)) and f.attrs.get("shard_key") == key
-    except OSError:
+    except OSError as err:
+        if schema.locking_refused(err):
+            raise RuntimeError(f"{path}: {schema.LOCKING_HINT}") from err
         return False
 
 

@@ -279,10 +279,21 @@ def _extract(
         out, preflight.planned_bytes(model, arch_cfg, bench_cfg, splits, odin_grid)
     )
     # only now the weights: the digits model trains on first use (a minute), after every check
+    probe = shards.shard_dir(out) / ".rank0-probe"
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "")
     if ranks.is_main:  # once, before the other ranks look
         weights_path = _weights(arch_cfg, bench_cfg, out, weights, progress)
+        if ranks.world_size > 1:  # every rank must see rank 0's folder: checked after the barrier
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_text(run_id)
     ranks.barrier()
     if not ranks.is_main:
+        if not (probe.is_file() and probe.read_text() == run_id):
+            raise RuntimeError(
+                f"rank {ranks.rank} does not see {probe}, which rank 0 just wrote: the output "
+                f"folder {out.parent} must be one folder that every node shares (shards are "
+                "merged by rank 0 from there); nothing was extracted"
+            )
         weights_path = _weights(arch_cfg, bench_cfg, out, weights, progress=False)
     load_weights(model, weights_path)
     model.eval()

@@ -277,3 +277,37 @@ def test_a_long_merge_does_not_time_out_the_other_ranks(
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert differences(setup["ref"], out) == []
+
+
+_OTHER_FOLDER = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    import oodcache.cache.shards as shards
+    if os.environ["RANK"] == "1":  # as if this node mounted another folder at the same path
+        real = shards.shard_dir
+        shards.shard_dir = lambda out: real(Path(sys.argv[5]) / Path(out).name)
+    import oodcache.extract.run as run
+    run.extract("digits_resnet", sys.argv[1], Path(sys.argv[2]), weights=Path(sys.argv[3]),
+                batch_size=int(sys.argv[4]), progress=False, device="cpu")
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_rank_that_does_not_share_the_output_folder_stops_before_work(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    out, elsewhere = tmp_path / "cache.h5", tmp_path / "node2"
+    elsewhere.mkdir()
+    script = tmp_path / "other_folder.py"
+    script.write_text(_OTHER_FOLDER)
+    cmd = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+        *(str(script), str(setup["bench"]), str(out), str(setup["s0"]), str(BATCH)),
+        str(elsewhere),
+    ]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "must be one folder that every node shares" in done.stderr
+    assert not out.exists() and not list(elsewhere.rglob("*.h5"))
