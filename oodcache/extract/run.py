@@ -386,19 +386,26 @@ def _extract(
         )
         for name, start, stop, path in todo:
             spec = bench_cfg.splits[name]
-            _extract_shard(
-                job,
-                rec,
-                bar=bar,
-                path=path,
-                name=name,
-                role=spec.role,
-                dataset=spec.dataset,
-                images=splits[name],
-                start=start,
-                stop=stop,
-                key=key(name, start, stop),
-            )
+            try:
+                _extract_shard(
+                    job,
+                    rec,
+                    bar=bar,
+                    path=path,
+                    name=name,
+                    role=spec.role,
+                    dataset=spec.dataset,
+                    images=splits[name],
+                    start=start,
+                    stop=stop,
+                    key=key(name, start, stop),
+                )
+            except torch.OutOfMemoryError as err:  # the shard file was removed; finished ones stay
+                raise RuntimeError(
+                    f"out of {job.dev.type.upper()} memory at --batch-size {batch_size} "
+                    f"(split {name!r}); rerun with --batch-size {max(1, batch_size // 2)}: "
+                    "finished shards are kept and skipped"
+                ) from err
         bar.close()
     if ranks.is_main:  # the other ranks are done once their shard files are: no collective wait
         parts: dict[str, list[tuple[int, Path]]] = {}

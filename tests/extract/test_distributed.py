@@ -100,3 +100,21 @@ def test_pinned_memory_only_when_asked(tmp_path, monkeypatch: pytest.MonkeyPatch
     list(split.batches(4))
     list(split.batches(4, pin=True))
     assert seen == [False, True]  # a CPU run never pins (no CUDA context)
+
+
+def test_out_of_memory_names_a_smaller_batch(
+    toy_weights,
+    tmp_path,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    from oodcache.extract import run
+
+    def oom(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(run, "record_batch", oom)
+    out = tmp_path / "cache.h5"
+    with pytest.raises(RuntimeError, match=r"--batch-size 64 .*rerun with --batch-size 32"):
+        run.extract("digits_resnet", "digits", out, weights=toy_weights, batch_size=64,
+                    progress=False, device="cpu")  # fmt: skip
+    assert not out.exists()
