@@ -118,3 +118,23 @@ def test_out_of_memory_names_a_smaller_batch(
         run.extract("digits_resnet", "digits", out, weights=toy_weights, batch_size=64,
                     progress=False, device="cpu")  # fmt: skip
     assert not out.exists()
+
+
+def test_a_filesystem_without_flock_is_named(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """HDF5's lock refused (NFS/Lustre without flock) is not "missing or unfinished": the
+    message names HDF5_USE_FILE_LOCKING."""
+    import h5py
+
+    from oodcache.cache import Cache, CacheError, shards
+
+    path = tmp_path / "cache.h5"
+    path.write_bytes(b"x")
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("Unable to synchronously open file (unable to lock file, errno = 37)")
+
+    monkeypatch.setattr(h5py, "File", refuse)
+    with pytest.raises(RuntimeError, match="HDF5_USE_FILE_LOCKING=FALSE"):
+        shards.is_complete(path, "key")
+    with pytest.raises(CacheError, match="HDF5_USE_FILE_LOCKING=FALSE"):
+        Cache(path)
