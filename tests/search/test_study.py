@@ -13,6 +13,7 @@ import optuna
 import pytest
 
 from oodcache.cache import SEARCH_ROLES, TEST_ROLES, Cache
+from oodcache.cache.schema import CONTENT_HASH, content_hash
 from oodcache.cli import main
 from oodcache.config import best_dir
 from oodcache.search.base import get_scorer, scorers
@@ -110,8 +111,9 @@ def test_study_refuses_a_different_cache(toy_copy: Path, tmp_path: Path, write_s
     other = tmp_path / "other" / "cache.h5"
     other.parent.mkdir()
     shutil.copy2(toy_copy, other)
-    with h5py.File(other, "r+") as f:
+    with h5py.File(other, "r+") as f:  # with its content hash, as the writer would record it
         f["head/bias"][0] += np.float32(1.0)
+        f["head/bias"].attrs[CONTENT_HASH] = content_hash([f["head/bias"][()]])
     with pytest.raises(StudyMismatchError, match="another cache"):
         run_search(other, "react", trials=1, storage=storage)
     # an unrelated cache written with CacheWriter
