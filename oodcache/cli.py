@@ -546,6 +546,7 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
 def _search_all(cache: Path, methods: list[str], *, quiet: bool, **options: Any) -> None:
     """``run_search`` for each method in turn, one result line each; ``options`` are its keyword
     arguments (trials, until, timeout, seed, sampler, storage, objective, jobs)."""
+    from oodcache.search.base import get_scorer
     from oodcache.search.study import run_search
 
     for method in methods:
@@ -557,11 +558,13 @@ def _search_all(cache: Path, methods: list[str], *, quiet: bool, **options: Any)
             **options,
         )
         sanity = rec["sanity_auroc"]
+        if "train" in get_scorer(method).statistics:  # train holds the sanity images: no check
+            sanity = None
         if "pareto" in rec:
             print(f"{method:<10} Pareto front: {len(rec['pareto'])} trials (AUROC vs FPR@95)")
         print(
             f"{method:<10} val AUROC {100 * rec['value']:6.2f}  FPR@95 {100 * rec['fpr95']:6.2f}  "
-            f"sanity {100 * sanity if sanity is not None else float('nan'):6.2f}  "
+            f"sanity {f'{100 * sanity:6.2f}' if sanity is not None else '     –'}  "
             f"trials {rec['n_trials']:>4}  ({time.perf_counter() - t0:.1f}s)  "
             f"best {json.dumps(rec['params'])[:90]}"
         )
@@ -651,12 +654,15 @@ def _print_summary(folder: Path) -> None:
     validation AUROC) and where the full report is; the rest stays in the files."""
     import pandas as pd
 
-    summary = pd.read_csv(folder / "summary.csv", index_col=0, keep_default_na=False)
+    # only an empty cell is missing (a sanity AUROC without a held-out check); no other text is
+    summary = pd.read_csv(
+        folder / "summary.csv", index_col=0, keep_default_na=False, na_values=[""]
+    )
     print(
         f"\nsummary ({folder.parent.parent.name}/{folder.parent.name}, percent; best far "
         "AUROC first; near/far = means over the test sets of each group):"
     )
-    print(summary.to_string(float_format=lambda v: "–" if math.isnan(v) else f"{v:.2f}"))
+    print(summary.to_string(float_format=lambda v: f"{v:.2f}", na_rep="–"))
     print(f"\nfull report: {folder / 'report.html'} (figures, every table)")
     print(f"             {folder / 'report.md'}, {folder / 'results.csv'}")
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -194,7 +195,7 @@ def _table_rows(out: str) -> dict[str, list[float]]:
         parts = line.split()
         if parts and parts[0] in scorers():
             try:
-                rows[parts[0]] = [float(v) for v in parts[1:]]
+                rows[parts[0]] = [math.nan if v == "–" else float(v) for v in parts[1:]]
             except ValueError:
                 continue  # a search line, not the table
     return rows
