@@ -1,3 +1,3 @@
-from oodcache.cli import main
+from oodcache.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -758,5 +758,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The ``oodcache`` command: ``main``, then exit. After a write that failed inside HDF5 (a
+    full disk) HDF5's clean-up at interpreter exit would crash on the file it could not close, so
+    the process then ends with ``os._exit`` once its output is flushed: the temporary file is
+    already gone and the lock released, and the exit code stays the error's."""
+    code = main()
+    from oodcache.cache import writer
+
+    if writer.HDF5_LEFT_OPEN:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -34,7 +34,7 @@ def test_installed_distribution_has_one_top_level() -> None:
     top_level = (dist.read_text("top_level.txt") or "").split()
     assert top_level == ["oodcache"]
     assert dist.entry_points.select(group="console_scripts")["oodcache"].value == (
-        "oodcache.cli:main"
+        "oodcache.cli:entry"
     )
 
 

@@ -35,6 +35,12 @@ def lock_path(out: Path) -> Path:
     return out.with_name(out.name + ".lock")
 
 
+#: set when a failed write left HDF5 unable to close a file (a full disk): HDF5's own clean-up at
+#: interpreter exit then crashes on that file (a segmentation fault after the error message), so
+#: the command line ends such a process with ``os._exit`` once its message is out
+#: (``oodcache.cli.entry``). The temporary file is already deleted and the lock released.
+HDF5_LEFT_OPEN = False
+
 #: lock files this process holds, with how many times (an extraction holds its cache's lock for
 #: the whole run and takes it again to write the merged cache)
 _HELD: dict[Path, int] = {}
@@ -244,11 +250,13 @@ class CacheWriter:
         return writer
 
     def _abort(self) -> None:
+        global HDF5_LEFT_OPEN
         if self.file is not None:
             try:
                 self.file.close()
             except Exception as err:  # noqa: BLE001 - e.g. a full disk; the file goes anyway
                 log.warning("closing %s after a failure: %s", self.tmp, err)
+                HDF5_LEFT_OPEN = True
             finally:
                 self.file = None
         self.tmp.unlink(missing_ok=True)

@@ -433,4 +433,11 @@ CASES: dict[str, Case] = {
         "`demo --trials 0`",
         "argparse error (exit 2) naming the argument and its range; nothing started",
     ),
+    "disk-full-cli": Case(
+        "disk",
+        "`oodcache extract` on tmpfs mounts of 60, 140, 260 and 360 KB (the disk fills in the "
+        "1st, 2nd, 3rd and 4th shard), free-space check bypassed",
+        "exit 2 with HDF5's 'No space left on device'; no cache, no .tmp, no lock (it used to end "
+        "in a segmentation fault after the message)",
+    ),
 }

@@ -79,8 +79,10 @@ Known limits (by design or not yet done):
 - A disk that fills up mid-write is reported with HDF5's own message ("No space left on device").
 - A resumed shard is matched to its images by path, size and modification time (not by
   content); the free-space check runs before anything is trained or written.
-- Not reproduced by a case here: the segmentation fault reported for a full disk during a shard
-  write (the writer's abort closing a file whose flush failed).
+- A disk that fills during a write can leave HDF5 unable to close the temporary file; its
+  clean-up at exit would then crash. The `oodcache` command ends such a process with `os._exit`
+  after its message (the temporary file and the lock are already gone); a library caller's
+  process keeps HDF5's state as it is.
 - Content hashes cover caches written by this version; older caches load unchecked, with the
   older fingerprint.
 """

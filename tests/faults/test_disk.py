@@ -170,3 +170,20 @@ def test_too_little_space_is_refused_before_the_digits_model_trains(tmp_path: Pa
     )  # fmt: skip
     assert done.returncode == 2 and "not enough space" in done.stderr, done.stderr
     assert not (tmp_path / "weights.pt").exists()  # refused before a minute of training
+
+
+@case("disk-full-cli")
+@pytest.mark.parametrize("size", ["60k", "140k", "260k", "360k"])
+def test_disk_full_through_the_command_line_is_an_error_not_a_crash(
+    mount: Callable[[str], Path], tiny_bench: Path, tiny_weights: Path, size: str
+) -> None:
+    """Used to end in a segmentation fault after the message: HDF5's clean-up at exit crashed on
+    the shard file whose close had failed. Sizes put the full disk in different shards."""
+    folder = mount(f"size={size}")
+    out = folder / "cache.h5"
+    done = _extract_cli(tiny_bench, tiny_weights, out, OODCACHE_ASSUME_FREE_BYTES=str(1 << 40))
+    assert done.returncode == 2, (done.returncode, done.stderr[-500:])
+    assert "No space left on device" in done.stderr
+    assert (
+        not out.exists() and not list(folder.rglob("*.tmp")) and not list(folder.rglob("*.lock"))
+    )
