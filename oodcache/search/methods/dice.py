@@ -6,7 +6,8 @@ linear interpolation, strict >) and μ = the mean of h over ID train. Higher = m
 percent of weights *removed*; with the strict > even p = 0 drops the smallest entry of V, so it
 is only an all-ones mask, and DICE equals Energy, when that entry's weight is zero.
 Paper: Sun & Li, ECCV 2022, arXiv:2111.09805. Official code: github.com/deeplearning-wisc/dice
-Reads: features, head. Statistics: μ on ID train (the ``fit`` split when the cache has no
+Reads: features, head. Statistics: μ on ID train (``train``: the full training list, sanity images included,
+as in the official code; the ``fit`` split when the cache has no
 ``train`` split). Defaults: p = 90 (OpenOOD v1.5, official CIFAR), trial 0; ``official`` gives the
 official ImageNet-1K ResNet-50 p = 70. Space: p uniform in [10, 99]; grid {90} (OpenOOD).
 Deviations: none (T = 1; the official code's temperature argument is not applied).

@@ -5,7 +5,8 @@ nearest neighbour of z(x) in the normalised ID-train bank (exact search; the K-t
 mean; squared and plain distance rank identically). Higher = more ID.
 Paper: Sun, Ming, Zhu & Li, ICML 2022, arXiv:2204.06507.
 Official code: github.com/deeplearning-wisc/knn-ood
-Reads: features. Statistics: the bank is the ID-train split (the ``fit`` split when the cache has
+Reads: features. Statistics: the bank is the ID-train split (``train``: the full training list, sanity images
+included, as in the official code; the ``fit`` split when the cache has
 no ``train`` split). The bank must be disjoint from every scored set: scores of the split the bank
 came from (and of a ``fit`` split drawn from the same training images) include self-matches at
 distance 0 and are optimistic; ``oodcache score`` warns when asked to score such a split.

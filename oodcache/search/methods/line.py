@@ -6,7 +6,8 @@ m^a_c[j] = 1[C[j, c] > perc_{p_a}(C[·, c])]; at test time h̄ = min(h, τ), ĉ 
 score(x) = logsumexp((M^w_ĉ ⊙ W)(m^a_ĉ ⊙ h̄) + b). p_w, p_a are percent *removed*. Higher = more ID.
 Paper: Ahn, Park & Kim, CVPR 2023, arXiv:2303.13995.
 Official code: github.com/YongHyun-Ahn/LINe-Out-of-Distribution-Detection-by-Leveraging-Important-Neurons
-Reads: features, head, labels. Statistics: class means on ID train (the ``fit`` split when the cache
+Reads: features, head, labels. Statistics: class means on ID train (``train``: the full
+training list, sanity images included, as in the official code; the ``fit`` split when the cache
 has no ``train`` split); τ = ``clip_percentile``-th percentile of ID-val features, or the absolute
 ``clip_threshold`` (official ImageNet-1K ResNet-50: p_w = p_a = 10, τ = 0.8; CIFAR-10 DenseNet-BC-100:
 90 / 90 / 1.0; CIFAR-100 DenseNet-BC-100: 90 / 10 / 1.0; trial 0 there).

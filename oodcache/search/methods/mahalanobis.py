@@ -5,7 +5,8 @@ features (maximum likelihood, 1/N); P = Σ⁺ (symmetric pseudo-inverse).
 score(x) = max_c −(h − μ_c)ᵀ P (h − μ_c), h = cached penultimate features. Higher = more ID.
 Paper: Lee, Lee, Lee & Shin, NeurIPS 2018, arXiv:1807.03888. Official code (this form):
 github.com/Jingkang50/OpenOOD (postprocessors/mds_postprocessor.py).
-Reads: features, labels of the statistics split. Statistics: ID train (the ``fit`` split when the
+Reads: features, labels of the statistics split. Statistics: ID train (``train``: the full training
+list, sanity images included, as in the official code; the ``fit`` split when the
 cache has no ``train`` split). Defaults: none (no hyperparameters, no search).
 Deviations from the original paper, as OpenOOD's "mds": no input perturbation, a single layer, no
 logistic-regression ensemble. Σ⁺ drops eigenvalues below D·eps·max (scipy's ``pinvh`` cut-off).

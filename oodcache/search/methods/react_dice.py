@@ -7,7 +7,8 @@ percentile over all K·D entries, strict >), μ = mean of the *unclipped* h over
 Higher = more ID. With c above every feature it is DICE; with M all ones it is ReAct.
 Paper: Sun & Li, ECCV 2022 (DICE, §"DICE + ReAct"), arXiv:2111.09805.
 Official code: github.com/deeplearning-wisc/dice
-Reads: features, head. Statistics: c from ID val, μ from ID train (``fit`` when there is no
+Reads: features, head. Statistics: c from ID val, μ from ID train (``train``, the full
+training list, as in the official code; ``fit`` when there is no
 ``train`` split). Defaults: percentile = 90 (ReAct), p = 90 (DICE in OpenOOD), trial 0 (our
 pairing); ``official`` gives the DICE paper's ImageNet-1K ResNet-50 pairing threshold = 1.0,
 p = 10 (docs/methods.md §3.4). Space: percentile uniform in [50, 99.9], p uniform in [10, 99].

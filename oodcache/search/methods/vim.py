@@ -5,8 +5,9 @@ symmetric eigendecomposition, eigenvalues descending; R = the eigenvectors beyon
 (``dim``); α = mean(max_k f_k) / mean(‖Rᵀ(h − u)‖), f = W h + b.
 score(x) = logsumexp(f) − α·‖Rᵀ(h − u)‖. Higher = more ID.
 Paper: Wang, Li, Feng & Zhang, CVPR 2022, arXiv:2203.10807. Official code: github.com/haoqiwang/vim
-Reads: features, head (f = head(h), as the official code). Statistics: ID train (the ``fit`` split
-when the cache has no ``train`` split). Defaults: dim = the official rule, 1000 if D >= 2048,
+Reads: features, head (f = head(h), as the official code). Statistics: ID train (``train``: the
+full training list, sanity images included, as in the official code; the ``fit`` split when the
+cache has no ``train`` split). Defaults: dim = the official rule, 1000 if D >= 2048,
 512 if D >= 768, else D/2 (``dim=None`` resolves it at fit; ``official`` writes it out), trial 0.
 Space: integer dim in [max(1, D/16), D − max(1, D/16)]; R and α follow dim in every trial (the
 eigenbasis and the train residual norms for every dim are computed once per train array, and each
