@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.distributed as tdist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -451,12 +452,23 @@ def _drop_missing(root: Path, items: list[Item], skip_bad: bool) -> tuple[list[I
 
 
 def _drop_undecodable(root: Path, items: list[Item], workers: int) -> tuple[list[Item], Skipped]:
-    """Decode every image once (skip_bad only) and drop those that fail."""
-    probe = _Probe(_Images(root, items, None))
+    """Decode every image once (skip_bad only) and drop those that fail. Under torchrun each rank
+    decodes every W-th image and the ranks share what failed (``all_gather_object``), so the work
+    is done once in all, not once per rank, and every rank drops the same images."""
+    rank, world = 0, 1
+    if tdist.is_available() and tdist.is_initialized():
+        rank, world = tdist.get_rank(), tdist.get_world_size()
+    mine = list(range(rank, len(items), world))
+    probe = _Probe(_Images(root, [items[i] for i in mine], None))
     loader = DataLoader(probe, batch_size=64, num_workers=workers, collate_fn=_as_list)
-    bad: dict[int, str] = {}
+    found: dict[int, str] = {}
     for batch in loader:
-        bad.update((i, err) for i, err in batch if err)
+        found.update((mine[i], err) for i, err in batch if err)
+    bad = found
+    if world > 1:
+        shared: list[dict[int, str] | None] = [None] * world
+        tdist.all_gather_object(shared, found)
+        bad = {i: err for part in shared if part for i, err in part.items()}
     skipped = [(items[i].origin, str(root / items[i].path), err) for i, err in sorted(bad.items())]
     return [it for i, it in enumerate(items) if i not in bad], skipped
 

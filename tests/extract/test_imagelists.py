@@ -583,3 +583,61 @@ def test_identity_changes_when_an_image_file_changes(tmp_path: Path) -> None:
     os.utime(tmp_path / "1.png", ns=(1, 1))
     assert split.identity(0, 3) != before
     assert split.identity(2, 3) == ImageSplit("s", tmp_path, items, None).identity(2, 3)  # type: ignore[arg-type]
+
+
+def _decode_share(rank: int, root: str, init: str, out: str) -> None:
+    """One of two gloo ranks: ``_drop_undecodable`` on the same list, counting its decodes."""
+    import json
+
+    import torch.distributed as tdist
+
+    from oodcache.extract import imagelists
+
+    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    decoded: list[int] = []
+    real = imagelists._Images.__getitem__
+
+    def counting(self, i):  # type: ignore[no-untyped-def]
+        decoded.append(i)
+        return real(self, i)
+
+    imagelists._Images.__getitem__ = counting  # type: ignore[method-assign]
+    items = [Item(f"{i}.png", 0, f"l:{i}") for i in range(7)]
+    kept, skipped = imagelists._drop_undecodable(Path(root), items, 0)
+    Path(out).write_text(
+        json.dumps({"kept": [it.path for it in kept], "bad": [s[1] for s in skipped],
+                    "decoded": len(decoded)})
+    )  # fmt: skip
+    tdist.destroy_process_group()
+
+
+def test_skip_bad_decodes_each_image_once_across_ranks(tmp_path: Path) -> None:
+    import json
+
+    import torch.multiprocessing as mp
+
+    from oodcache.extract.imagelists import _drop_undecodable
+
+    for i in range(7):
+        save_image(tmp_path / f"{i}.png", "rgb_png", i)
+    (tmp_path / "2.png").write_bytes(b"not an image")
+    (tmp_path / "5.png").write_bytes(b"\x89PNG broken")
+    items = [Item(f"{i}.png", 0, f"l:{i}") for i in range(7)]
+    kept, skipped = _drop_undecodable(tmp_path, items, 0)  # one process: the reference
+    init = f"file://{tmp_path / 'pg'}"
+    outs = [str(tmp_path / f"rank{r}.json") for r in range(2)]
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_decode_share, args=(r, str(tmp_path), init, outs[r])) for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    results = [json.loads(Path(o).read_text()) for o in outs]
+    for res in results:  # every rank drops the same images as one process
+        assert res["kept"] == [it.path for it in kept] and len(res["bad"]) == 2
+        assert [Path(b).name for b in res["bad"]] == ["2.png", "5.png"]
+    assert sorted(r["decoded"] for r in results) == [3, 4]  # 7 decodes in all, not 14
+    assert [Path(s[1]).name for s in skipped] == ["2.png", "5.png"]
