@@ -242,21 +242,37 @@ def test_cuda_extraction_is_close_to_cpu(
                 assert np.corrcoef(g.ravel(), h.ravel())[0, 1] > 0.95
 
 
-_SLOW_MERGE = textwrap.dedent(
-    """
-    import os, sys, time
-    from pathlib import Path
-    import oodcache.cache.shards as shards
-    real = shards.merge
-    def slow(*args, **kwargs):
-        time.sleep(8)  # a long merge on rank 0, past the process group's 3 s timeout
-        return real(*args, **kwargs)
-    shards.merge = slow
-    import oodcache.extract.run as run
-    run.extract("digits_resnet", sys.argv[1], Path(sys.argv[2]), weights=Path(sys.argv[3]),
-                batch_size=int(sys.argv[4]), progress=False, device="cpu")
-    """
-)
+#: the end of every script run under torchrun below: one extraction of the small benchmark
+_EXTRACT = """
+import oodcache.extract.run as run
+run.extract("digits_resnet", sys.argv[1], Path(sys.argv[2]), weights=Path(sys.argv[3]),
+            batch_size=int(sys.argv[4]), progress=False, device="cpu")
+"""
+
+
+def _torchrun(
+    setup: dict[str, Path], tmp_path: Path, prelude: str, out: Path, *extra: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Two gloo ranks run ``prelude`` (patches for this test), then the extraction into ``out``."""
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        "import os, sys, time\nfrom pathlib import Path\n" + textwrap.dedent(prelude) + _EXTRACT
+    )
+    cmd = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+        *(str(script), str(setup["bench"]), str(out), str(setup["s0"]), str(BATCH), *extra),
+    ]
+    return subprocess.run(cmd, env={**_env(), **env}, capture_output=True, text=True, timeout=300)
+
+
+_SLOW_MERGE = """
+import oodcache.cache.shards as shards
+real = shards.merge
+def slow(*args, **kwargs):
+    time.sleep(8)  # a long merge on rank 0, past the process group's 3 s timeout
+    return real(*args, **kwargs)
+shards.merge = slow
+"""
 
 
 @pytest.mark.slow
@@ -267,31 +283,17 @@ def test_a_long_merge_does_not_time_out_the_other_ranks(
     merges for longer than the process-group timeout (issue 15: the barrier after the merge made
     torchrun end every rank, rank 0 mid-merge, and no cache was written)."""
     out = tmp_path / "cache.h5"
-    script = tmp_path / "slow_merge.py"
-    script.write_text(_SLOW_MERGE)
-    cmd = [
-        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
-        *(str(script), str(setup["bench"]), str(out), str(setup["s0"]), str(BATCH)),
-    ]
-    env = {**_env(), "OODCACHE_DIST_TIMEOUT": "3"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = _torchrun(setup, tmp_path, _SLOW_MERGE, out, OODCACHE_DIST_TIMEOUT="3")
     assert done.returncode == 0, done.stderr[-3000:]
     assert differences(setup["ref"], out) == []
 
 
-_OTHER_FOLDER = textwrap.dedent(
-    """
-    import os, sys
-    from pathlib import Path
-    import oodcache.cache.shards as shards
-    if os.environ["RANK"] == "1":  # as if this node mounted another folder at the same path
-        real = shards.shard_dir
-        shards.shard_dir = lambda out: real(Path(sys.argv[5]) / Path(out).name)
-    import oodcache.extract.run as run
-    run.extract("digits_resnet", sys.argv[1], Path(sys.argv[2]), weights=Path(sys.argv[3]),
-                batch_size=int(sys.argv[4]), progress=False, device="cpu")
-    """
-)
+_OTHER_FOLDER = """
+import oodcache.cache.shards as shards
+if os.environ["RANK"] == "1":  # as if this node mounted another folder at the same path
+    real = shards.shard_dir
+    shards.shard_dir = lambda out: real(Path(sys.argv[5]) / Path(out).name)
+"""
 
 
 @pytest.mark.slow
@@ -300,14 +302,7 @@ def test_a_rank_that_does_not_share_the_output_folder_stops_before_work(
 ) -> None:
     out, elsewhere = tmp_path / "cache.h5", tmp_path / "node2"
     elsewhere.mkdir()
-    script = tmp_path / "other_folder.py"
-    script.write_text(_OTHER_FOLDER)
-    cmd = [
-        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
-        *(str(script), str(setup["bench"]), str(out), str(setup["s0"]), str(BATCH)),
-        str(elsewhere),
-    ]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    done = _torchrun(setup, tmp_path, _OTHER_FOLDER, out, str(elsewhere))
     assert done.returncode != 0
     assert "must be one folder that every node shares" in done.stderr
     assert not out.exists() and not list(elsewhere.rglob("*.h5"))
