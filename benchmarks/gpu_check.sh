@@ -39,6 +39,8 @@ PYEOF
 fi
 
 echo "== extraction throughput (bench_extract.py)"
-"$PY" benchmarks/bench_extract.py --device cuda --batch-size 256 --batches 40 --input-size 224
-"$PY" benchmarks/bench_extract.py --device cuda --batch-size 256 --batches 40 --input-size 224 --autocast bf16
+for amp in off bf16; do  # default extraction (no ODIN) vs the bare loop, ResNet-50 at 224
+    "$PY" benchmarks/bench_extract.py --device cuda --models resnet50 resnet18 --batch-size 256 \
+        --batches 40 --input-size 224 --autocast "$amp"
+done
 echo "== done: $OUT_DIR/gpu_check.log"

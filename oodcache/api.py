@@ -46,6 +46,11 @@ def _frozen(value: Any, name: str, dtype: type = np.float32) -> np.ndarray:
     return out
 
 
+def _odin_dtype(value: Any) -> type:
+    """float64 for (N,) ODIN scores (near 1/K at T = 1000), float32 for (N, K) logits."""
+    return np.float64 if len(getattr(value, "shape", ())) == 1 else np.float32
+
+
 @dataclass(frozen=True)
 class Inputs:
     """One set of samples for a detector; every field is optional, each method reads its own.
@@ -56,7 +61,9 @@ class Inputs:
         features: (N, D) penultimate features, the input of the last linear layer.
         layers: ``{name: (activation, gradient)}``, each (N, C): per-channel pooled activations
             and gradients of a layer (NAC; see docs/cache-format.md for how they are pooled).
-        odin: ``{(temperature, epsilon): logits}``, (N, K) logits of ODIN-perturbed inputs.
+        odin: ``{(temperature, epsilon): array}``, for each ODIN setting either the (N,) ODIN
+            scores max_k softmax(f(x̃)/T)_k (kept in float64) or the (N, K) logits f(x̃) of the
+            perturbed inputs (as a cache stores them: ``Cache.odin_form``).
     """
 
     labels: Any = None
@@ -84,7 +91,7 @@ class Inputs:
             self,
             "odin",
             {
-                (float(t), float(e)): _frozen(z, f"odin[{(t, e)!r}]")
+                (float(t), float(e)): _frozen(z, f"odin[{(t, e)!r}]", _odin_dtype(z))
                 for (t, e), z in self.odin.items()
             },
         )
@@ -93,6 +100,12 @@ class Inputs:
             a = getattr(self, name)
             if a is not None and a.ndim != ndim:
                 raise ValueError(f"Inputs.{name} must have {ndim} dimension(s), got {a.shape}")
+        for (t, e), z in self.odin.items():
+            if z.ndim not in (1, 2):
+                raise ValueError(
+                    f"Inputs.odin[{(t, e)!r}] must be (N,) ODIN scores or (N, K) perturbed "
+                    f"logits, got {z.shape}"
+                )
         for key, pair in self.layers.items():
             if any(a.ndim != 2 for a in pair) or pair[0].shape != pair[1].shape:
                 raise ValueError(

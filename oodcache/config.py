@@ -16,6 +16,11 @@ import yaml
 CONFIG_DIR: Traversable = files("oodcache") / "configs"
 #: Default output root, relative to the working directory: ``cache/<benchmark>/<arch>/``.
 CACHE_ROOT = Path("cache")
+#: The ODIN grid of OpenOOD v1.5 (docs/methods.md §4.3), recorded by ``extract --odin``: every
+#: temperature T × every step ε. ODIN is off unless asked for (its passes cost 8-13x the plain extraction).
+OPENOOD_ODIN_GRID: tuple[tuple[float, float], ...] = tuple(
+    (t, e) for t in (1.0, 10.0, 100.0, 1000.0) for e in (0.0014, 0.0028)
+)
 
 
 def run_dir(benchmark: str, arch: str, root: Path = CACHE_ROOT) -> Path:

@@ -1,12 +1,13 @@
 """OOD metrics from ID and OOD scores (higher score = more ID), in [0, 1] (the report shows percent).
 
-Built on scikit-learn's curves; conventions follow docs/methods.md §7 (OpenOOD v1.5 at release).
+AUROC by exact pair counting, AUPR on scikit-learn's curves; conventions follow docs/methods.md §7
+(OpenOOD v1.5 at release).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import auc, precision_recall_curve, roc_auc_score
+from sklearn.metrics import auc, precision_recall_curve
 
 FPR_CONVENTIONS = ("classic", "openood")
 
@@ -20,9 +21,20 @@ def _labels(s_id: np.ndarray, s_ood: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def auroc(s_id: np.ndarray, s_ood: np.ndarray) -> float:
-    """P(S_ID > S_OOD) + ½·P(S_ID = S_OOD); symmetric in which class is positive."""
-    y, s = _labels(s_id, s_ood)
-    return float(roc_auc_score(y, s))
+    """P(S_ID > S_OOD) + ½·P(S_ID = S_OOD); symmetric in which class is positive.
+
+    Counted exactly (the OOD scores sorted once, each ID score placed by two binary searches)
+    and divided once: the area under the ROC curve (``roc_auc_score`` up to its rounding) at a
+    tenth of its cost, which a search pays three times per trial."""
+    s_id, s_ood = np.asarray(s_id, np.float64).ravel(), np.asarray(s_ood, np.float64).ravel()
+    if not len(s_id) or not len(s_ood):
+        raise ValueError("metrics need at least one ID and one OOD score")
+    if not (np.isfinite(s_id).all() and np.isfinite(s_ood).all()):
+        raise ValueError("AUROC needs finite scores")
+    ood = np.sort(s_ood)
+    below = int(np.searchsorted(ood, s_id, side="left").sum())  # pairs with S_OOD < S_ID
+    tied = int(np.searchsorted(ood, s_id, side="right").sum()) - below
+    return (2 * below + tied) / (2 * len(s_id) * len(s_ood))
 
 
 def fpr_at_95(s_id: np.ndarray, s_ood: np.ndarray, convention: str = "classic") -> float:

@@ -105,8 +105,10 @@ class Split:
     bias: FloatArray
     activations: dict[str, FloatArray] = field(default_factory=dict)
     gradients: dict[str, FloatArray] = field(default_factory=dict)
-    #: ODIN setting key (``T<T>_eps<ε>``) -> logits of the perturbed input, (N, K)
-    odin: dict[str, FloatArray] = field(default_factory=dict)
+    #: ODIN setting key (``T<T>_eps<ε>``) -> what the cache recorded for it (``Cache.odin_form``):
+    #: the ODIN score max_k softmax(f(x̃)/T)_k, (N,) float64, or the perturbed logits f(x̃),
+    #: (N, K) float32 (caches of format version 1 and ``extract --odin-logits``)
+    odin: dict[str, np.ndarray] = field(default_factory=dict)
     #: parameter-independent tables derived from these arrays; None until the split is prepared
     #: (``oodcache.search.ops.prepare``), after which the search reuses them across trials
     tables: Tables | None = field(default=None, compare=False, repr=False)
@@ -263,7 +265,7 @@ class Cache:
 
     @property
     def odin_grid(self) -> list[tuple[float, float]]:
-        """The (temperature, epsilon) pairs whose perturbed logits were recorded (may be empty)."""
+        """The (temperature, epsilon) pairs recorded for ODIN (empty: ODIN was off)."""
         raw = self._json_attr("odin_grid", "[]")
         try:
             return [(float(t), float(e)) for t, e in raw]
@@ -271,6 +273,18 @@ class Cache:
             raise CacheError(
                 f"{self.path}: attribute 'odin_grid' is not a list of [temperature, epsilon] pairs"
             ) from None
+
+    @property
+    def odin_form(self) -> str:
+        """What each ODIN group holds: ``score`` ((N,) float64) or ``logits`` ((N, K) float32);
+        ``logits`` for caches written before the attribute existed (format version 1)."""
+        form = _attr(self.file.attrs.get("odin_form", schema.ODIN_FORM_BEFORE_V2))
+        if form not in schema.ODIN_FORMS:
+            raise CacheError(
+                f"{self.path}: attribute 'odin_form' is {form!r}, not one of {schema.ODIN_FORMS}; "
+                "the file was not written by oodcache extract or was altered; re-extract it"
+            )
+        return str(form)
 
     @property
     def feature_dim(self) -> int:
@@ -375,10 +389,19 @@ class Cache:
                 lg = g[f"{schema.LAYERS}/{layer}"]
                 acts[layer] = arr(lg[schema.ACTIVATION], np.float32)
                 grads[layer] = arr(lg[schema.GRADIENT], np.float32)
-        perturbed: dict[str, FloatArray] = {}
+        perturbed: dict[str, np.ndarray] = {}
         if odin and schema.ODIN in g:
+            form = self.odin_form
+            n, k = g["labels"].shape[0], self.num_classes
+            shape, dtype = ((n,), np.float64) if form == "score" else ((n, k), np.float32)
             for key, og in g[schema.ODIN].items():
-                perturbed[key] = arr(og["logits"], np.float32)
+                if form not in og or og[form].shape != shape:
+                    found = og[form].shape if form in og else sorted(og)
+                    raise CacheError(
+                        f"{self.path}: split {name!r}, odin/{key}: odin_form {form!r} needs a "
+                        f"{form!r} dataset of shape {shape}, found {found}; re-extract the cache"
+                    )
+                perturbed[key] = arr(og[form], dtype)
         labels = arr(g["labels"], np.int64)
         k = self.num_classes
         if role in schema.ID_ROLES:
@@ -394,7 +417,7 @@ class Cache:
         arrays = {key: arr(ds, np.float32) for key, ds in values.items()}
         tables = {f"layers/{k_}/activation": a for k_, a in acts.items()}
         tables |= {f"layers/{k_}/gradient": a for k_, a in grads.items()}
-        tables |= {f"odin/{k_}/logits": a for k_, a in perturbed.items()}
+        tables |= {f"odin/{k_}/{self.odin_form}": a for k_, a in perturbed.items()}
         for key, a in (arrays | tables).items():
             finite = _count_nonfinite(a)
             if finite:

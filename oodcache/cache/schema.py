@@ -9,7 +9,10 @@ from collections.abc import Iterable
 import numpy as np
 
 FORMAT = "oodcache"
-FORMAT_VERSION = 1
+#: 2: ODIN recorded as one score per (T, ε) pair and sample (``odin/<key>/score``, the default) or
+#: as perturbed logits (``odin/<key>/logits``, the only form of version 1), named by the root
+#: attribute ``odin_form``. Version 1 caches (logits, no ``odin_form``) are read as before.
+FORMAT_VERSION = 2
 
 #: Every split role. ``train`` holds ID-train features and logits only (no per-layer arrays).
 ROLES = ("fit", "sanity", "id_val", "id_test", "ood_val", "near", "far", "train")
@@ -67,13 +70,36 @@ LAYERS = "layers"
 ACTIVATION = "activation"
 GRADIENT = "gradient"
 COMPLETE = "complete"
-#: optional: logits of ODIN-perturbed inputs, one group per (temperature, epsilon)
+#: optional: ODIN, one group per (temperature, epsilon) of the recorded grid
 ODIN = "odin"
+#: what each ODIN group holds (root attribute ``odin_form``): ``score``, one float64 per sample,
+#: S = max_k softmax(f(x̃)/T)_k (:func:`odin_score`), or ``logits``, the (N, K) float32 f(x̃)
+ODIN_FORMS = ("score", "logits")
+#: ``odin_form`` of caches written before the attribute existed (format version 1)
+ODIN_FORM_BEFORE_V2 = "logits"
 
 
 def odin_key(temperature: float, epsilon: float) -> str:
     """Group name of one ODIN setting, e.g. ``T1000_eps0.0014``."""
     return f"T{temperature:g}_eps{epsilon:g}"
+
+
+def odin_score(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """ODIN's score of perturbed logits: max_k softmax(f/T)_k = 1 / Σ_k exp(f_k/T − max f/T),
+    shape (N,), float64. The one formula for both forms: extraction stores it (``odin_form``
+    ``score``) and the ODIN method applies it to stored logits, so the two forms score alike.
+
+    Float32 logits are scaled and exponentiated in float32 and summed in float64 (MSP's
+    ``oodcache.search.ops.max_softmax`` is this function); other dtypes in float64.
+    Float64 keeps the resolution at T = 1000, where every S is close to 1/K.
+    """
+    f = np.asarray(logits)
+    if f.dtype != np.float32:
+        f = f.astype(np.float64)
+    t = float(temperature)
+    z = f if t == 1.0 else f / np.asarray(t, f.dtype)
+    total = np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1, dtype=np.float64)
+    return np.asarray(1.0 / total)
 
 
 #: Root attributes every complete cache carries.

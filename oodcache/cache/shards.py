@@ -72,6 +72,7 @@ def merge(
     layers: Sequence[str],
     odin_grid: Sequence[tuple[float, float]],
     world_size: int,
+    odin_form: str = "score",
 ) -> dict[str, float]:
     """Copy the shards of every split (``split -> [(rank, shard path), …]`` in row order) into
     the cache ``out``, atomically. Throughput is taken from the shards' timings: a split's
@@ -97,7 +98,13 @@ def merge(
         }
         root = {**attrs, **timing, "world_size": world_size}
         with CacheWriter(
-            out, attrs=root, weight=weight, bias=bias, layers=layers, odin_grid=odin_grid
+            out,
+            attrs=root,
+            weight=weight,
+            bias=bias,
+            layers=layers,
+            odin_grid=odin_grid,
+            odin_form=odin_form,
         ) as writer:
             for name, opened in files.items():
                 _merge_split(writer, name, [f for _, f in opened], layers)
@@ -150,7 +157,7 @@ def _merge_split(
                 features=g["features"][rows],
                 activations=kind(schema.ACTIVATION),
                 gradients=kind(schema.GRADIENT),
-                odin={key: odin[key]["logits"][rows] for key in odin},
+                odin={key: odin[key][writer.odin_form][rows] for key in odin},
             )
     slowest = max(float(g.attrs["seconds"]) for g in groups)
     sw.group.attrs["images_per_second"] = n / max(slowest, 1e-9)

@@ -113,10 +113,11 @@ def _hash_datasets(file: h5py.File) -> None:
 class SplitWriter:
     """Rows of one split, written batch by batch into pre-allocated, row-chunked datasets."""
 
-    def __init__(self, group: h5py.Group, n: int) -> None:
+    def __init__(self, group: h5py.Group, n: int, odin_form: str = "score") -> None:
         self.group = group
         self.n = n
         self.filled = 0
+        self.odin_form = odin_form
 
     def write(
         self,
@@ -139,8 +140,8 @@ class SplitWriter:
         for kind, values in ((schema.ACTIVATION, activations), (schema.GRADIENT, gradients)):
             for layer, value in (values or {}).items():
                 self.group[f"{schema.LAYERS}/{layer}/{kind}"][rows] = value
-        for key, value in (odin or {}).items():
-            self.group[f"{schema.ODIN}/{key}/logits"][rows] = value
+        for key, value in (odin or {}).items():  # (n,) scores or (n, K) logits: odin_form
+            self.group[f"{schema.ODIN}/{key}/{self.odin_form}"][rows] = value
         self.filled = stop
 
     def close(self) -> None:
@@ -155,6 +156,10 @@ class CacheWriter:
         with CacheWriter(path, attrs=..., weight=W, bias=b, layers=["avgpool", ...]) as w:
             s = w.create_split("id_val", role="id_val", dataset="digits", n=N, channels={...}, dim=D)
             s.write(labels=..., logits=..., features=..., activations=..., gradients=...)
+
+    With an ``odin_grid``, each layered split has one group per (T, ε) pair holding what
+    ``odin_form`` says: ``score`` (default), S = ``schema.odin_score(f(x̃), T)`` as (n,) float64,
+    or ``logits``, f(x̃) as (n, K) float32; ``SplitWriter.write(odin={key: ...})`` takes that form.
     """
 
     def __init__(
@@ -166,7 +171,10 @@ class CacheWriter:
         bias: npt.ArrayLike,
         layers: Sequence[str],
         odin_grid: Sequence[tuple[float, float]] = (),
+        odin_form: str = "score",
     ) -> None:
+        if odin_form not in schema.ODIN_FORMS:
+            raise ValueError(f"unknown odin_form {odin_form!r}; choose from {schema.ODIN_FORMS}")
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.lock = CacheLock(lock_path(self.path))
@@ -175,6 +183,7 @@ class CacheWriter:
         self.bias = np.asarray(bias, dtype=np.float32)
         self.layers = list(layers)
         self.odin_grid = [(float(t), float(e)) for t, e in odin_grid]
+        self.odin_form = odin_form
         self.splits: list[SplitWriter] = []
         self.file: h5py.File | None = None
 
@@ -190,6 +199,7 @@ class CacheWriter:
             a["layers"] = self.layers
             a["num_classes"] = int(self.weight.shape[0])
             a["odin_grid"] = json.dumps(self.odin_grid)
+            a["odin_form"] = self.odin_form
             for key, value in self.attrs.items():
                 a[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
             a[schema.COMPLETE] = False
@@ -241,10 +251,13 @@ class CacheWriter:
                 make(f"{schema.LAYERS}/{layer}/{schema.GRADIENT}", channels[layer], np.float32)
             for t, e in self.odin_grid:
                 key = schema.odin_key(t, e)
-                make(f"{schema.ODIN}/{key}/logits", k, np.float32)
+                if self.odin_form == "score":
+                    make(f"{schema.ODIN}/{key}/score", None, np.float64)
+                else:
+                    make(f"{schema.ODIN}/{key}/logits", k, np.float32)
                 g[f"{schema.ODIN}/{key}"].attrs["temperature"] = t
                 g[f"{schema.ODIN}/{key}"].attrs["epsilon"] = e
-        writer = SplitWriter(g, n)
+        writer = SplitWriter(g, n, self.odin_form)
         self.splits.append(writer)
         faultpoint("writer.split")
         return writer

@@ -64,14 +64,17 @@ def expected_bytes(
     feature_dim: int,
     channels: Sequence[int],
     odin_pairs: int,
+    odin_logits: bool = False,
 ) -> int:
     """Estimated cache size: per split (role, n), n × (label + logits + features, and for layered
-    roles activations + gradients of every layer + ODIN logits), float32 and int64."""
+    roles activations + gradients of every layer + per ODIN pair one float64 score, or K float32
+    logits with ``odin_logits``), float32 and int64."""
+    odin_row = 4 * num_classes if odin_logits else 8
     total = 0
     for role, n in rows.values():
         per_row = 8 + 4 * num_classes + 4 * feature_dim
         if role not in FEATURES_ONLY_ROLES:
-            per_row += 2 * 4 * sum(channels) + 4 * num_classes * odin_pairs
+            per_row += 2 * 4 * sum(channels) + odin_row * odin_pairs
         total += n * per_row
     return total
 
@@ -105,6 +108,8 @@ def planned_bytes(
     bench: BenchmarkConfig,
     splits: Mapping[str, SplitSource],
     odin_grid: Sequence[tuple[float, float]],
+    *,
+    odin_logits: bool = False,
 ) -> int:
     """:func:`expected_bytes` of an extraction; layer widths come from one image's forward pass
     (an unknown layer name fails here, before the network runs over the data)."""
@@ -123,4 +128,5 @@ def planned_bytes(
         feature_dim=dim,
         channels=channels,
         odin_pairs=len(odin_grid),
+        odin_logits=odin_logits,
     )

@@ -22,7 +22,13 @@ import torch
 from tqdm import tqdm
 
 from oodcache.cache import CacheWriter, shards
-from oodcache.cache.schema import FEATURES_ONLY_ROLES, FORMAT_VERSION, ID_ROLES
+from oodcache.cache.schema import (
+    FEATURES_ONLY_ROLES,
+    FORMAT_VERSION,
+    ID_ROLES,
+    odin_key,
+    odin_score,
+)
 from oodcache.cache.writer import CacheLock, lock_path
 from oodcache.config import (
     ArchConfig,
@@ -72,6 +78,48 @@ def _resolve(
             f"{b.name} ({b.num_classes} classes); archs for {b.name}: {_archs_for(b)}"
         )
     return a, b
+
+
+def odin_settings(
+    bench: BenchmarkConfig,
+    grid: Sequence[tuple[float, float]] | None = None,
+    logits: bool | None = None,
+) -> tuple[list[tuple[float, float]], str]:
+    """The ODIN (T, ε) pairs to record and their form (``score`` or ``logits``).
+
+    ``grid`` given (``[]``: ODIN off) wins over the benchmark's ``odin_grid`` option
+    (``{temperatures: [...], epsilons: [...]}``, every pair of the two); with neither, ODIN is
+    off. ``logits`` (else the ``odin_logits`` option, else false) stores the (N, K) float32
+    perturbed logits instead of the float64 score, K/2 times the space; asked for explicitly
+    with ODIN off, it is an error."""
+    where = f"benchmark {bench.name}"
+    if grid is None:
+        opt = bench.options.get("odin_grid") or {}
+        if not isinstance(opt, dict) or set(opt) - {"temperatures", "epsilons"}:
+            raise ConfigError(
+                f"{where}: options.odin_grid must be a mapping {{temperatures: [...], "
+                f"epsilons: [...]}}, got {opt!r}"
+            )
+        temps, epsilons = opt.get("temperatures", []), opt.get("epsilons", [])
+        try:
+            grid = [(float(t), float(e)) for t in temps for e in epsilons]
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{where}: options.odin_grid temperatures and epsilons must be lists of numbers"
+            ) from None
+    pairs = [(float(t), float(e)) for t, e in grid]
+    if bad := [(t, e) for t, e in pairs if not (t > 0 and e >= 0)]:
+        raise ConfigError(f"{where}: ODIN needs temperature > 0 and epsilon >= 0, got {bad}")
+    if logits and not pairs:
+        raise ConfigError(
+            f"{where}: ODIN logits were asked for (--odin-logits), but ODIN is off; turn it on "
+            "with --odin (or an odin_grid option in the benchmark YAML)"
+        )
+    if logits is None:
+        logits = bench.options.get("odin_logits", False)
+        if not isinstance(logits, bool):
+            raise ConfigError(f"{where}: options.odin_logits must be true or false")
+    return pairs, "logits" if logits else "score"
 
 
 def _archs_for(bench: BenchmarkConfig) -> list[str]:
@@ -159,6 +207,7 @@ def extract(
     data: Path | None = None,
     batch_size: int = 128,
     odin_grid: Sequence[tuple[float, float]] | None = None,
+    odin_logits: bool | None = None,
     progress: bool = True,
     workers: int | None = None,
     skip_bad: bool | None = None,
@@ -173,8 +222,11 @@ def extract(
     the spatially summed activation and the summed gradient of −(1/K)·Σₖ log softmaxₖ (one
     backward pass per batch for all layers), all float32; plus the head's weight and bias and
     provenance.
-    With an ODIN grid (argument, else the benchmark's ``odin_grid`` option, else none) it also
-    records the logits of ODIN-perturbed inputs for every (temperature, epsilon) pair.
+    With an ODIN grid (argument, else the benchmark's ``odin_grid`` option, else none: ODIN is
+    off by default) it also records, for every (temperature, epsilon) pair and sample, the ODIN
+    score max_k softmax(f(x̃)/T)_k of the perturbed input x̃ (float64; computed from float32
+    logits, whatever ``autocast``), or with ``odin_logits`` (else the ``odin_logits`` option)
+    the (N, K) perturbed logits f(x̃) (:func:`odin_settings`).
 
     ``arch``/``benchmark`` are config names (or YAML paths, or ``timm:<model>``) or config objects.
     Image benchmarks read ``data`` (the data root) with the arch's preprocessing, decode with
@@ -198,6 +250,7 @@ def extract(
     # configs are read and validated before anything is created or locked
     arch = arch if isinstance(arch, ArchConfig) else resolve_arch(arch)
     benchmark = benchmark if isinstance(benchmark, BenchmarkConfig) else load_benchmark(benchmark)
+    odin_grid, odin_form = odin_settings(benchmark, odin_grid, odin_logits)
     dev = distributed.resolve_device(device, distributed.from_env())
     distributed.configure_cuda(dev, autocast=autocast, tf32=tf32)
     out = Path(out)
@@ -217,6 +270,7 @@ def extract(
                 data=data,
                 batch_size=batch_size,
                 odin_grid=odin_grid,
+                odin_form=odin_form,
                 progress=progress,
                 workers=workers,
                 skip_bad=skip_bad,
@@ -239,7 +293,8 @@ def _extract(
     weights: Path | None,
     data: Path | None,
     batch_size: int,
-    odin_grid: Sequence[tuple[float, float]] | None,
+    odin_grid: Sequence[tuple[float, float]],
+    odin_form: str,
     progress: bool,
     workers: int | None,
     skip_bad: bool | None,
@@ -265,18 +320,19 @@ def _extract(
         skip_bad=skip_bad,
         workers=workers,
     )
-    if odin_grid is None:
-        opt = bench_cfg.options.get("odin_grid") or {}
-        temps, epsilons = opt.get("temperatures", []), opt.get("epsilons", [])
-        odin_grid = [(float(t), float(e)) for t in temps for e in epsilons]
     reductions = {alias: spec.reduction for alias, spec in arch_cfg.layers.items()}
     modules = {alias: spec.module for alias, spec in arch_cfg.layers.items()}
     if ranks.is_main:  # the shards, then their merged copy: room for both, less shards on disk
-        planned = preflight.planned_bytes(model, arch_cfg, bench_cfg, splits, odin_grid)
+        planned = preflight.planned_bytes(
+            model, arch_cfg, bench_cfg, splits, odin_grid, odin_logits=odin_form == "logits"
+        )
         on_disk = sum(f.stat().st_size for f in shards.shard_dir(out).glob("*.h5"))
         preflight.check_space(out, max(0, 2 * planned - on_disk))
     preflight.check_space(
-        out, preflight.planned_bytes(model, arch_cfg, bench_cfg, splits, odin_grid)
+        out,
+        preflight.planned_bytes(
+            model, arch_cfg, bench_cfg, splits, odin_grid, odin_logits=odin_form == "logits"
+        ),
     )
     # only now the weights: the digits model trains on first use (a minute), after every check
     probe = shards.shard_dir(out) / ".rank0-probe"
@@ -313,6 +369,7 @@ def _extract(
             "benchmark": as_dict(bench_cfg),
             "batch_size": batch_size,
             "odin_grid": [list(p) for p in odin_grid],
+            "odin_form": odin_form,
         },
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "device": dev.type,
@@ -372,6 +429,7 @@ def _extract(
         reductions=reductions,
         modules=modules,
         odin_grid=odin_grid,
+        odin_form=odin_form,
         autocast=autocast,
         attrs=attrs,
         head=(head_w.numpy(), head_b.numpy()),
@@ -428,6 +486,7 @@ def _extract(
             bias=head_b.numpy(),
             layers=list(modules),
             odin_grid=odin_grid,
+            odin_form=odin_form,
             world_size=ranks.world_size,
         )
         log.info(
@@ -482,6 +541,8 @@ class _Job:
     reductions: dict[str, str]
     modules: dict[str, str]
     odin_grid: Sequence[tuple[float, float]]
+    #: ``score`` or ``logits`` (``odin_settings``)
+    odin_form: str
     autocast: str
     attrs: dict[str, Any]
     head: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
@@ -506,6 +567,8 @@ def _extract_shard(
     scale = FP16_LOSS_SCALE if job.autocast == "fp16" else 1.0
     role_layers = role not in FEATURES_ONLY_ROLES
     odin_grid = job.odin_grid if role_layers else []
+    temperature = {odin_key(t, e): t for t, e in odin_grid}
+    score = job.odin_form == "score"
     with CacheWriter(
         path,
         attrs={**job.attrs, "shard_key": key, "rows": [start, stop]},
@@ -513,6 +576,7 @@ def _extract_shard(
         bias=job.head[1],
         layers=list(job.modules),
         odin_grid=job.odin_grid,
+        odin_form=job.odin_form,
     ) as writer:
         sw = None
         begin = time.perf_counter()
@@ -537,6 +601,12 @@ def _extract_shard(
                 if not torch.isfinite(t).all():
                     rows = f"rows {i}..{i + len(x) - 1}"
                     raise NonFiniteError(f"split {name!r}, {rows}: non-finite values in {label}")
+            # the score from the float32 perturbed logits (the formula the ODIN method applies
+            # to stored logits), or the logits themselves
+            odin_values = {
+                key: odin_score(v.numpy(), temperature[key]) if score else v.numpy()
+                for key, v in odin.items()
+            }
             if sw is None:
                 sw = writer.create_split(
                     name,
@@ -553,7 +623,7 @@ def _extract_shard(
                 features=feats.numpy(),
                 activations={a: t.numpy() for a, t in acts.items()} if role_layers else None,
                 gradients={a: t.numpy() for a, t in grads.items()} if role_layers else None,
-                odin={k: t.numpy() for k, t in odin.items()},
+                odin=odin_values,
             )
             bar.update(len(x))
             i += len(x)

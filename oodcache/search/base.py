@@ -16,6 +16,7 @@ import pkgutil
 import types
 import typing
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Self, Union
 
@@ -43,7 +44,7 @@ class CacheInfo:
     feature_dim: int
     layers: tuple[str, ...]
     fit_size: int
-    #: (temperature, epsilon) pairs with recorded ODIN-perturbed logits
+    #: (temperature, epsilon) pairs recorded for ODIN (scores or perturbed logits)
     odin_grid: tuple[tuple[float, float], ...] = ()
     #: rows of the ID-train statistics split (KNN's bank); 0: not known
     train_size: int = 0
@@ -197,6 +198,12 @@ class Scorer(ABC):
     @abstractmethod
     def score(self, split: Split) -> FloatArray:
         """Scores (N,), float32, finite; higher = more ID."""
+
+    def score_all(self, splits: Sequence[Split]) -> list[FloatArray]:
+        """``[self.score(s) for s in splits]``: what a search trial scores (ID val, OOD val,
+        sanity). A method whose per-call work can be shared by the splits (LINe's per-class
+        masks) overrides it; the scores must equal ``score`` split by split."""
+        return [self.score(s) for s in splits]
 
 
 def _discover() -> dict[str, type[Scorer]]:

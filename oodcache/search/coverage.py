@@ -15,18 +15,15 @@ every state, no per-state search, no one-hot tensor. Products that are not all f
 
 from __future__ import annotations
 
-import functools
-import os
 import sys
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from oodcache.cache import Split
+from oodcache.search.parallel import parallel_map, workers
 
 #: Bound on |σ₃₂(t) − σ(t)| / σ(t), where σ₃₂ is the definition's float32 1/(1 + exp(−t)) and σ the
 #: exact sigmoid of the same float32 t. Measured maximum 2.5e-7 (3.7 ulp) over every float32 t in
@@ -179,40 +176,6 @@ def sorted_products(split: Split, layer: str) -> SortedProducts | None:
     )
 
 
-_POOL_LOCK = threading.Lock()
-_POOL: ThreadPoolExecutor | None = None
-_IN_POOL = threading.local()
-
-
-@functools.cache
-def _workers() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus))
-
-
-def parallel_map(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    """``fn`` over ``items`` in a small thread pool (numpy's sort, take and bincount release the
-    GIL); serially when there is one item or one core, or when called from a pool thread."""
-    global _POOL
-    if len(items) < 2 or _workers() < 2 or getattr(_IN_POOL, "busy", False):
-        return [fn(item) for item in items]  # nested calls run inline: no worker waits on another
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(_workers(), thread_name_prefix="nac")
-
-    def run(item: Any) -> Any:
-        _IN_POOL.busy = True
-        try:
-            return fn(item)
-        finally:
-            _IN_POOL.busy = False
-
-    return list(_POOL.map(run, items))
-
-
 @dataclass(frozen=True)
 class Runs:
     """Bins of the sorted products: entries [q[k−1], q[k]) are in run k = bin + 1 (q[−1] = 0,
@@ -318,7 +281,7 @@ def _over_runs(
 
 def _parts(total: int) -> list[tuple[int, int]]:
     """Contiguous, chunk-aligned shares of [0, total) for the thread pool."""
-    parts = _workers() if total >= 4 * _CHUNK else 1
+    parts = workers() if total >= 4 * _CHUNK else 1
     bounds = [min(total, -(-total * w // parts) // _CHUNK * _CHUNK) for w in range(parts)] + [
         total
     ]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from oodcache.cache import Split, Tables
+from oodcache.cache.schema import odin_score
+from oodcache.search.parallel import parallel_map, single_blas, workers
 
 FloatArray = npt.NDArray[np.float32]
 T = TypeVar("T")
@@ -22,8 +25,18 @@ def logsumexp(x: np.ndarray, axis: int = 1) -> np.ndarray:
     if x.dtype != np.float32:
         x = x.astype(np.float64)
     m = x.max(axis=axis, keepdims=True)
-    total = np.exp(x - m).sum(axis=axis, dtype=np.float64)
+    z = x - m
+    total = np.exp(z, out=z).sum(axis=axis, dtype=np.float64)
     return np.squeeze(m, axis=axis).astype(np.float64) + np.log(total)
+
+
+def _logsumexp_rows_inplace(f: np.ndarray) -> np.ndarray:
+    """``logsumexp(f, axis=1)`` of a C-contiguous float32 (N, K) buffer that may be overwritten:
+    the same operations without the (N, K) temporaries, so equal bit for bit."""
+    m = f.max(axis=1, keepdims=True)
+    np.subtract(f, m, out=f)
+    total = np.exp(f, out=f).sum(axis=1, dtype=np.float64)
+    return m[:, 0].astype(np.float64) + np.log(total)
 
 
 def scaled(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -41,6 +54,80 @@ def energy(logits: np.ndarray, temperature: float = 1.0) -> FloatArray:
     return np.asarray(t * logsumexp(scaled(logits, t)), dtype=np.float32)
 
 
+#: at most this many bytes of features per head product in :func:`head_energy`
+HEAD_BLOCK_BYTES = 16 * 2**20
+#: bytes of features per elementwise step of :func:`head_energy`: the rows stay in cache from
+#: one numpy pass to the next
+STEP_BLOCK_BYTES = 2 * 2**20
+_HEAD_BUFFERS = threading.local()
+
+
+def _head_buffers(rows: int, dim: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's float32 scratch (rows, dim) and logits (rows, classes) buffers, kept across
+    calls (at most ``HEAD_BLOCK_BYTES`` and its logits per thread): pages faulted in afresh by
+    two threads at once cost more than a trial's elementwise passes."""
+    scratch = getattr(_HEAD_BUFFERS, "scratch", np.empty(0, np.float32))
+    logits = getattr(_HEAD_BUFFERS, "logits", np.empty(0, np.float32))
+    if scratch.size < rows * dim:
+        scratch = _HEAD_BUFFERS.scratch = np.empty(rows * dim, np.float32)
+    if logits.size < rows * classes:
+        logits = _HEAD_BUFFERS.logits = np.empty(rows * classes, np.float32)
+    return scratch[: rows * dim].reshape(rows, -1), logits[: rows * classes].reshape(rows, -1)
+
+
+def head_energy(
+    split: Split,
+    shape: Callable[[slice, np.ndarray], object] | None = None,
+    weight: np.ndarray | None = None,
+) -> FloatArray:
+    """Energy of the head on shaped features, LSE(a @ Wᵀ + b) per row, float32 (N,): the score of
+    ReAct, LHAct, ASH, DICE and their combinations (one head product per split and trial).
+
+    ``shape(rows, out)`` writes a = the shaped ``split.features[rows]`` into ``out``, a float32
+    (rows, D) scratch buffer; None: a = h. ``weight`` replaces the split's W (DICE's masked
+    weight). The rows go in equal blocks of at most ``HEAD_BLOCK_BYTES`` of features, at least
+    one per thread of the shared pool (``parallel_map``), and each thread does all of a block:
+    the shaping into its scratch buffer, one float32 GEMM with BLAS held to one thread
+    (``single_blas``; the threads are the GEMM's parallelism) into its logits buffer, then the
+    bias and the energy in place. So numpy's elementwise passes, one thread each, use every
+    core as the GEMM does, and no idle BLAS thread spins beside them. Shaping and energy go by
+    sub-blocks of ``STEP_BLOCK_BYTES``, so that their passes find the rows in cache; no other
+    (rows, D) or (rows, K) temporaries. Every step but the GEMM is row-wise: this equals
+    ``energy(split.head(a))`` up to the rounding of the GEMM's blocking."""
+    h = split.features
+    w = np.asarray(split.weight if weight is None else weight, np.float32)
+    bias = np.asarray(split.bias, np.float32)
+    n, d = h.shape
+    row_bytes = 4 * max(d, len(w))
+    sub = max(1, STEP_BLOCK_BYTES // row_bytes)
+    out = np.empty(n, np.float32)
+    threads = max(1, min(workers(), -(-n // sub)))  # no thread with less than a sub-block
+    blocks = -(-n * row_bytes // HEAD_BLOCK_BYTES)
+    blocks = threads * max(1, -(-blocks // threads))  # a multiple of the threads: equal shares
+    edges = [n * i // blocks for i in range(blocks + 1)]
+
+    def run(rows: slice) -> None:
+        scratch, logits = _head_buffers(rows.stop - rows.start, d, len(w))
+        parts = [slice(i, min(i + sub, rows.stop)) for i in range(rows.start, rows.stop, sub)]
+        if shape is not None:
+            for part in parts:
+                shape(part, scratch[part.start - rows.start : part.stop - rows.start])
+        np.matmul(h[rows] if shape is None else scratch, w.T, out=logits)
+        for part in parts:
+            f = logits[part.start - rows.start : part.stop - rows.start]
+            f += bias
+            out[part] = _logsumexp_rows_inplace(f)
+
+    spans = [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+    if threads > 1:
+        with single_blas():
+            parallel_map(run, spans)
+    else:
+        for rows in spans:
+            run(rows)
+    return out
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of f/T in float64, shape (N, K)."""
     z = np.asarray(logits, np.float64) / float(temperature)
@@ -51,10 +138,9 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 def max_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """max_k softmax(f/T)_k = 1 / Σ_k exp(f_k/T − max f/T), shape (N,), float64 (the largest
-    term is exp(0) = 1, so this equals ``softmax(f, T).max(axis=1)`` without the (N, K) divide)."""
-    z = scaled(logits, temperature)
-    total = np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1, dtype=np.float64)
-    return np.asarray(1.0 / total)
+    term is exp(0) = 1, so this equals ``softmax(f, T).max(axis=1)`` without the (N, K) divide).
+    One definition with extraction's stored ODIN scores: ``oodcache.cache.schema.odin_score``."""
+    return odin_score(logits, temperature)
 
 
 def prepare(split: Split) -> Split:
@@ -95,14 +181,34 @@ def derive(split: Split, tag: str, compute: Callable[[], T]) -> T:
 def percentile_of_sorted(ordered: np.ndarray, q: float) -> float:
     """np.percentile(x, q) (linear) from ``ordered`` = np.sort(x, axis=None), in O(1): the same
     virtual index (n − 1)·q/100 and the same two-sided interpolation as numpy, so the result is
-    equal bit for bit (tests/search/test_ops.py)."""
-    n = ordered.size
+    equal bit for bit (tests/search/test_scaled_columns.py)."""
+    return percentile_of_order_statistics(
+        ordered.size, q, lambda ranks: [ordered[r] for r in ranks]
+    )
+
+
+def percentile_ranks(n: int, q: float) -> tuple[int, ...]:
+    """The 0-based ascending ranks np.percentile (linear) of n values reads: the entries either
+    side of the virtual index (n − 1)·q/100, or only the last at q = 100."""
     index = (n - 1) * np.true_divide(q, 100)
     if index >= n - 1:
-        return float(ordered[-1])
+        return (n - 1,)
     lo = int(np.floor(index))
-    gamma = float(index - lo)  # a Python float, as numpy's weak scalar q
-    a, b = ordered[lo], ordered[lo + 1]
+    return (lo, lo + 1)
+
+
+def percentile_of_order_statistics(
+    n: int, q: float, order_statistics: Callable[[tuple[int, ...]], Sequence[Any]]
+) -> float:
+    """np.percentile (linear) of n values from ``order_statistics(ranks)``, their entries at the
+    given 0-based ascending ranks (one or two adjacent ranks are asked for). The arithmetic is
+    numpy's, in the returned scalars' dtype (float32 entries interpolate in float32, as numpy)."""
+    ranks = percentile_ranks(n, q)
+    if len(ranks) == 1:
+        return float(order_statistics(ranks)[0])
+    lo = ranks[0]
+    gamma = float((n - 1) * np.true_divide(q, 100) - lo)  # a Python float, as numpy's weak q
+    a, b = order_statistics(ranks)
     diff = b - a
     return float(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma)
 
@@ -183,25 +289,49 @@ def descending_order(h: np.ndarray) -> np.ndarray:
     return readonly(order)
 
 
-def feature_order(split: Split) -> np.ndarray | None:
-    """``descending_order(split.features)`` kept in a prepared split's tables (a search split is
+def descending_places(h: np.ndarray) -> np.ndarray:
+    """Per row of h (N, D), each unit's place in ``descending_order(h)`` (0 = the largest; ties by
+    ascending index); int16 where D allows. A row's k largest units, for every k, are those with
+    place < k: one compare, where the order would need a scatter."""
+    dtype = np.int16 if h.shape[1] <= np.iinfo(np.int16).max else np.int32
+    places = np.empty(h.shape, dtype)
+    units = np.arange(h.shape[1], dtype=dtype)[None, :]
+    for rows in row_chunks(len(h), 16 * h.shape[1]):
+        order = np.argsort(-h[rows], axis=1, kind="stable")
+        np.put_along_axis(places[rows], order, units, axis=1)
+    return readonly(places)
+
+
+def feature_places(split: Split) -> np.ndarray | None:
+    """``descending_places(split.features)`` kept in a prepared split's tables (a search split is
     ranked once for every ASH percentile); None for an unprepared split (one partition per call
     is cheaper than a full sort)."""
     if split.tables is None:
         return None
-    return split.tables.get("features descending order", lambda: descending_order(split.features))
+    return split.tables.get(
+        "features descending places", lambda: descending_places(split.features)
+    )
 
 
-def ash_mask(h: np.ndarray, k: int, order: np.ndarray | None = None) -> np.ndarray:
+def row_sums(a: np.ndarray) -> np.ndarray:
+    """Σ_j a[i, j] per row (N,), float64: each row converted to float64 and summed (pairwise, as
+    numpy), so a row's sum does not depend on the rows around it (blocks sum as the whole)."""
+    out = np.empty(len(a), np.float64)
+    for rows in row_chunks(len(a), 8 * a.shape[1], 2**24):
+        out[rows] = np.asarray(a[rows], np.float64).sum(axis=1)
+    return out
+
+
+def feature_sums(split: Split) -> np.ndarray:
+    """``row_sums(split.features)`` (ASH's s1), kept on a prepared split."""
+    return derive(split, "feature row sums", lambda: readonly(row_sums(split.features)))
+
+
+def ash_mask(h: np.ndarray, k: int) -> np.ndarray:
     """Boolean (N, D) mask of each row's k largest entries; ties at the k-th value go to the lower
-    unit index (deterministic; ties are common after ReAct clipping). With ``order`` =
-    ``descending_order(h)`` the mask is its first k columns; otherwise one partition. Both give
-    the same mask (tests/methods/test_ash.py)."""
+    unit index (deterministic; ties are common after ReAct clipping), by one partition. It equals
+    ``descending_places(h) < k`` (tests/methods/test_ash.py)."""
     d = h.shape[1]
-    if order is not None:
-        mask = np.zeros(h.shape, bool)
-        np.put_along_axis(mask, order[:, :k].astype(np.intp), True, axis=1)
-        return mask
     kth = np.partition(h, d - k, axis=1)[:, d - k : d - k + 1]  # the k-th largest value per row
     mask = h >= kth
     tied = np.flatnonzero(mask.sum(axis=1) > k)
@@ -219,33 +349,40 @@ def ash_shape(
     variant: str,
     *,
     rank: np.ndarray | None = None,
-    order: np.ndarray | None = None,
+    places: np.ndarray | None = None,
+    sums: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """ASH shaping of each row of h (N, D), keeping k = ``ash_kept(D, p)`` units (``ash_mask``).
 
     The kept units are the k largest of ``rank`` (default h; ReAct + ASH passes the unclipped
     features, so that ties at the clipping threshold go to the larger raw activation);
-    ``order`` = ``descending_order(rank)``, when given, saves the ranking (``feature_order``).
+    ``places`` = ``descending_places(rank)``, when given, saves the ranking (``feature_places``)
+    and ``sums`` = ``row_sums(h)`` saves s1 (``feature_sums``). The result goes into ``out``
+    when given (h's shape and dtype; it may be h itself).
 
     P: keep the k largest entries, zero the rest. B: s1/k on kept positions (s1 = Σ_j h_j).
     S: kept entries times exp(s1/s2), s2 = Σ of the kept entries (exp(0) where s2 = 0, which
     with non-negative h means the row is all zero; the official code gives NaN there).
     Every variant keeps h's dtype, the network's float32 as in the official code (so P pruning
-    nothing returns h exactly, and the head runs in float32); s1 and s2 are summed in float64.
+    nothing returns h exactly, and the head runs in float32); s1 and s2 are summed in float64
+    (``row_sums``). Pruned entries are zeros (−0.0 for a negative entry: the same sums).
     """
     if variant not in ("P", "B", "S"):
         raise ValueError(f"unknown ASH variant {variant!r}; choose from 'P', 'B', 'S'")
+    h = np.asarray(h)
     k = ash_kept(h.shape[1], percentile)
-    mask = ash_mask(h if rank is None else rank, k, order)
-    kept = np.where(mask, h, np.zeros_like(h))
+    mask = places < k if places is not None else ash_mask(h if rank is None else rank, k)
     if variant == "P":
-        return kept
-    s1 = np.asarray(h, np.float64).sum(axis=1, keepdims=True)
+        return np.multiply(h, mask, out=out)  # h on the kept units, 0 elsewhere
+    s1 = (row_sums(h) if sums is None else sums)[:, None]  # before ``out`` (maybe h) changes
     if variant == "B":
-        return np.where(mask, (s1 / k).astype(h.dtype), np.zeros((), h.dtype))
-    s2 = kept.sum(axis=1, keepdims=True, dtype=np.float64)
+        return np.multiply(mask, (s1 / k).astype(h.dtype), out=out)
+    kept = np.multiply(h, mask, out=out)
+    s2 = row_sums(kept)[:, None]
     ratio = np.divide(s1, s2, out=np.zeros_like(s1), where=s2 != 0)
-    return np.asarray(kept * np.exp(ratio).astype(h.dtype))
+    kept *= np.exp(ratio).astype(h.dtype)
+    return kept
 
 
 def dice_weight(split: Split, mean: np.ndarray, p: float) -> np.ndarray:

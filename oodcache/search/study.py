@@ -76,8 +76,8 @@ def load_inputs(cache: Cache, scorer: type[Scorer]) -> SearchInputs:
         raise ValueError(f"{scorer.key} needs per-layer arrays, which {cache.path} lacks")
     if odin and not cache.odin_grid:
         raise ValueError(
-            f"{scorer.key} needs ODIN-perturbed logits, which {cache.path} lacks; re-extract with "
-            "--odin-temperatures/--odin-epsilons (or an odin_grid option in the benchmark YAML)"
+            f"{scorer.key} needs ODIN's perturbed-input scores, which {cache.path} lacks (ODIN is "
+            "off by default); re-extract with --odin (or an odin_grid option in the benchmark YAML)"
         )
     if "train" in scorer.statistics and train_name is None:
         log.warning(
@@ -116,10 +116,13 @@ def evaluate_params(
 ) -> dict[str, float]:
     """Fit ``cls(**params)`` on its statistics and score the tuning splits."""
     scorer = cls(**params).fit(inputs.stats)
-    s_id, s_ood = scorer.score(inputs.id_val), scorer.score(inputs.ood_val)
+    splits = [inputs.id_val, inputs.ood_val] + (
+        [inputs.sanity] if inputs.sanity is not None else []
+    )
+    s_id, s_ood, *s_sanity = scorer.score_all(splits)
     out = {"auroc": auroc(s_id, s_ood), "fpr95": fpr_at_95(s_id, s_ood)}
-    if inputs.sanity is not None:
-        out["sanity_auroc"] = auroc(s_id, scorer.score(inputs.sanity))
+    if s_sanity:
+        out["sanity_auroc"] = auroc(s_id, s_sanity[0])
     return out
 
 

@@ -23,7 +23,10 @@ from oodcache.cache import (
     CacheWriter,
     LeakageError,
 )
+from oodcache.cache.schema import odin_key, odin_score
 from oodcache.cache.writer import CacheLockedError
+from oodcache.search.methods.odin import ODIN
+from oodcache.search.ops import as_score, max_softmax
 
 
 def _sha(path: Path) -> str:
@@ -297,3 +300,77 @@ def test_reader_opens_read_only(tmp_path: Path, write_synthetic) -> None:
     write_synthetic(path)
     with Cache(path) as cache:
         assert cache.file.mode == "r"
+
+
+ODIN_GRID = [(1.0, 0.0014), (1000.0, 0.0014)]
+
+
+def _write_odin(path: Path, form: str | None, logits: np.ndarray) -> None:
+    """A one-split cache with ODIN stored as ``form``; None: as format version 1 wrote it
+    (perturbed logits and no ``odin_form`` attribute)."""
+    n, k = logits.shape
+    zero = np.zeros((k, 2), np.float32)
+    with CacheWriter(
+        path,
+        attrs={"arch": "toy_arch", "benchmark": "toy_bench"},
+        weight=zero,
+        bias=zero[:, 0],
+        layers=[],
+        odin_grid=ODIN_GRID,
+        odin_form=form or "logits",
+    ) as w:
+        s = w.create_split("id_val", role="id_val", dataset="d", n=n, dim=2, channels={})
+        odin = {
+            odin_key(t, e): odin_score(logits, t) if form == "score" else logits
+            for t, e in ODIN_GRID
+        }
+        s.write(
+            labels=np.zeros(n, np.int64),
+            logits=logits,
+            features=np.zeros((n, 2), np.float32),
+            odin=odin,
+        )
+    if form is None:
+        with h5py.File(path, "r+") as f:
+            del f.attrs["odin_form"]
+            f.attrs["format_version"] = 1
+
+
+def test_odin_scores_logits_and_format_1_caches_score_alike(tmp_path: Path) -> None:
+    logits = (np.random.default_rng(0).normal(size=(9, 3)) * 5).astype(np.float32)
+    splits = {}
+    for form in ("score", "logits", None):
+        path = tmp_path / f"{form}.h5"
+        _write_odin(path, form, logits)
+        with Cache(path) as cache:
+            assert cache.odin_form == (form or "logits") and cache.odin_grid == ODIN_GRID
+            assert cache.attrs["format_version"] == (1 if form is None else FORMAT_VERSION)
+            splits[form] = cache.load("id_val", odin=True)
+    key = odin_key(*ODIN_GRID[0])
+    scores = splits["score"].odin[key]
+    assert scores.dtype == np.float64 and scores.shape == (9,)
+    assert splits["logits"].odin[key].dtype == np.float32
+    np.testing.assert_array_equal(splits[None].odin[key], logits)
+    for t, e in ODIN_GRID:
+        before = as_score(max_softmax(logits, t))  # ODIN's score of format version 1
+        for split in splits.values():
+            np.testing.assert_array_equal(ODIN(temperature=t, epsilon=e).score(split), before)
+
+
+def test_odin_datasets_must_match_odin_form(tmp_path: Path) -> None:
+    path = tmp_path / "c.h5"
+    _write_odin(path, "logits", np.zeros((4, 3), np.float32))
+    _edit_attr(path, "odin_form", "score")
+    with Cache(path) as cache:
+        cache.load("id_val")  # without ODIN: fine
+        with pytest.raises(CacheError, match=r"odin_form 'score' needs a 'score' dataset"):
+            cache.load("id_val", odin=True)
+    with pytest.raises(ValueError, match="unknown odin_form 'scores'"):
+        CacheWriter(
+            path,
+            attrs={},
+            weight=np.zeros((3, 2)),
+            bias=np.zeros(3),
+            layers=[],
+            odin_form="scores",
+        )

@@ -4,6 +4,7 @@ configs; an interrupted extraction never leaves a file that opens as a complete 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -21,12 +22,12 @@ import torch
 
 import oodcache.extract.run as run_module
 from oodcache.cache import Cache, CacheError, CacheWriter
-from oodcache.cache.schema import ID_ROLES, OOD_LABEL, odin_key
-from oodcache.config import load_arch, load_benchmark
+from oodcache.cache.schema import ID_ROLES, OOD_LABEL, odin_key, odin_score
+from oodcache.config import OPENOOD_ODIN_GRID, ConfigError, load_arch, load_benchmark
 from oodcache.extract.data import load_splits
 from oodcache.extract.digits import ImageSet
 from oodcache.extract.models import build_model, load_weights
-from oodcache.extract.run import extract
+from oodcache.extract.run import extract, odin_settings
 
 #: splits compared with the manual pass: their first batch of extraction (128 rows)
 CHECKED = ("fit", "id_val", "digits_5_9", "textures")
@@ -58,7 +59,7 @@ def manual(
     model.eval()
     with Cache(toy_cache) as cache:
         grid = cache.odin_grid
-    assert grid, "the toy cache records ODIN logits"
+    assert grid, "the toy cache records ODIN"
     out: dict[str, dict[str, np.ndarray]] = {}
     for name in CHECKED:
         n = N_CHECKED
@@ -167,12 +168,45 @@ def test_cache_matches_manual_forward_and_backward(toy_cache: Path, manual) -> N
             for layer in cache.layers:
                 _close(split.activations[layer][:n], ref[f"act/{layer}"])
                 _close(split.gradients[layer][:n], ref[f"grad/{layer}"])
-            assert set(split.odin) == {odin_key(t, e) for t, e in cache.odin_grid}
-            for key, logits in split.odin.items():
-                _close(logits[:n], ref[f"odin/{key}"])
-                assert not np.allclose(logits[:n], split.logits[:n])  # really perturbed
+            # ODIN: one float64 score per (T, ε) and sample, from the perturbed logits
+            assert cache.odin_form == "score"
+            temperature = {odin_key(t, e): t for t, e in cache.odin_grid}
+            assert set(split.odin) == set(temperature)
+            for key, scores in split.odin.items():
+                assert scores.dtype == np.float64 and scores.shape == (split.n,)
+                t = temperature[key]
+                want = odin_score(ref[f"odin/{key}"].astype(np.float64), t)
+                np.testing.assert_allclose(scores[:n], want, rtol=1e-6)
+                plain = odin_score(split.logits[:n], t)
+                assert not np.allclose(scores[:n], plain, rtol=1e-9, atol=0)  # really perturbed
             # h is the avgpool output: NAC's avgpool activation is the penultimate feature
             _close(split.activations["avgpool"], split.features, rtol=1e-6)
+
+
+REAL_BENCHMARKS = ("imagenet", "imagenet_classic", "imagenet200", "cifar10", "cifar100")
+
+
+@pytest.mark.parametrize("name", REAL_BENCHMARKS)
+def test_odin_is_opt_in_for_real_benchmarks(name: str) -> None:
+    """Default extraction of a real benchmark records no ODIN; --odin records OpenOOD's grid as
+    scores, --odin-logits as logits; --odin-logits with ODIN off is refused before any work."""
+    bench = load_benchmark(name)
+    assert odin_settings(bench) == ([], "score")
+    assert odin_settings(bench, OPENOOD_ODIN_GRID) == (list(OPENOOD_ODIN_GRID), "score")
+    assert odin_settings(bench, OPENOOD_ODIN_GRID, True)[1] == "logits"
+    with pytest.raises(ConfigError, match="ODIN is off; turn it on with --odin"):
+        odin_settings(bench, None, True)
+
+
+def test_digits_keeps_odin_for_the_demo() -> None:
+    bench = load_benchmark("digits")
+    assert odin_settings(bench) == (list(OPENOOD_ODIN_GRID), "score")
+    assert odin_settings(bench, []) == ([], "score")  # --no-odin
+    yaml_logits = dataclasses.replace(bench, options={**bench.options, "odin_logits": True})
+    assert odin_settings(yaml_logits) == (list(OPENOOD_ODIN_GRID), "logits")
+    for bad in ({"odin_logits": "yes"}, {"odin_grid": [1000]}, {"odin_grid": {"t": [1]}}):
+        with pytest.raises(ConfigError, match="options.odin_"):
+            odin_settings(dataclasses.replace(bench, options={**bench.options, **bad}))
 
 
 def test_avgpool_gradient_is_head_transpose_times_p_minus_u(toy_cache: Path) -> None:

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from oodcache.cache import Cache, CacheError
+from oodcache.cache.schema import odin_key, odin_score
 from oodcache.cache.shards import differences, shard_dir
 from oodcache.cli import main
 from oodcache.config import checkpoint_caches, checkpoint_names, load_arch
@@ -28,6 +29,8 @@ from oodcache.extract.distributed import shard_rows
 from oodcache.extract.models import build_model
 from oodcache.extract.recorder import LayerRecorder, record_batch
 from oodcache.extract.run import FP16_LOSS_SCALE, extract
+from oodcache.search.methods.odin import ODIN
+from oodcache.search.ops import as_score, max_softmax
 
 #: four splits of the digits benchmark (one features-only), one ODIN pair: about 800 images
 SMALL = """\
@@ -204,6 +207,46 @@ def test_killed_run_resumes_to_identical_cache(setup: dict[str, Path], tmp_path:
                 np.testing.assert_array_equal(a.odin[key], b.odin[key])
 
 
+def test_odin_logits_option_scores_as_the_stored_scores(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """By default the cache stores ODIN's score per (T, ε) and sample, (N,) float64;
+    ``--odin-logits`` keeps the (N, K) perturbed logits instead. The same extraction scores the
+    same either way, and a cache as format version 1 wrote it (logits, no ``odin_form``) loads
+    and scores as before (the tempered MSP of its logits)."""
+    out = tmp_path / "logits" / "cache.h5"
+    argv = ["-q", "extract", "--benchmark", str(setup["bench"]), "--out", str(out)]
+    argv += ["--batch-size", str(BATCH), "--device", "cpu", "--weights", str(setup["s0"])]
+    assert main([*argv, "--odin-logits"]) == 0
+    old = tmp_path / "v1" / "cache.h5"
+    old.parent.mkdir()
+    shutil.copy2(out, old)
+    with h5py.File(old, "r+") as f:
+        del f.attrs["odin_form"]
+        f.attrs["format_version"] = 1
+    with Cache(setup["ref"]) as ref, Cache(out) as big, Cache(old) as v1:
+        assert (ref.odin_form, big.odin_form, v1.odin_form) == ("score", "logits", "logits")
+        assert ref.odin_grid == big.odin_grid == v1.odin_grid == [(1000.0, 0.0014)]
+        (t, e), key = ref.odin_grid[0], odin_key(*ref.odin_grid[0])
+        for name in ("sanity", "id_val", "textures"):
+            a, b, c = (x.load(name, odin=True) for x in (ref, big, v1))
+            assert a.odin[key].dtype == np.float64 and a.odin[key].shape == (a.n,)
+            assert b.odin[key].dtype == np.float32 and b.odin[key].shape == (a.n, 5)
+            np.testing.assert_array_equal(b.odin[key], c.odin[key])
+            np.testing.assert_allclose(a.odin[key], odin_score(b.odin[key], t), rtol=1e-14)
+            odin = ODIN(temperature=t, epsilon=e)
+            before = as_score(max_softmax(c.odin[key], t))  # ODIN's score before format 2
+            np.testing.assert_array_equal(odin.score(c), before)
+            np.testing.assert_array_equal(odin.score(a), before)
+            np.testing.assert_array_equal(odin.score(b), before)
+            assert a.odin[key].nbytes * 5 == b.odin[key].nbytes * 2  # 8 B vs K·4 B per sample
+    capsys.readouterr()
+    for path, what in [(setup["ref"], "scores"), (out, "perturbed logits"), (old, "perturbed")]:
+        assert main(["info", str(path)]) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("odin:"))
+        assert "1 (T, eps) pairs (1000, 0.0014)" in line and what in line, line
+
+
 def test_several_checkpoints_write_one_cache_each(setup: dict[str, Path], tmp_path: Path) -> None:
     weights = [setup["s0"], setup["s1"]]
     assert checkpoint_names(weights) == ["s0-best", "s1-best"]
@@ -217,6 +260,7 @@ def test_several_checkpoints_write_one_cache_each(setup: dict[str, Path], tmp_pa
     assert checkpoint_caches(out, weights) == caches and not out.exists()
     with Cache(caches[0]) as c0, Cache(caches[1]) as c1, Cache(setup["ref"]) as ref:
         assert c0.attrs["weights"] == str(setup["s0"]) and c1.attrs["weights"] == str(setup["s1"])
+        assert c0.odin_grid == [] and "odin" not in c0.file["splits/id_val"]  # --no-odin
         np.testing.assert_array_equal(c0.load("id_val").logits, ref.load("id_val").logits)
         assert not np.allclose(c1.load("id_val").logits, ref.load("id_val").logits)
 

@@ -201,7 +201,8 @@ CASES: dict[str, Case] = {
     ),
     "untrusted-cache-attrs": Case(
         "untrusted",
-        "cache attributes 'config'/'odin_grid' set to Python code, a tuple literal, wrong shapes",
+        "cache attributes 'config'/'odin_grid'/'odin_form' set to Python code, a tuple literal, "
+        "wrong shapes",
         "CacheError naming the attribute; nothing evaluated",
     ),
     "untrusted-best-params": Case(
@@ -244,9 +245,9 @@ CASES: dict[str, Case] = {
     ),
     "cache-missing-arrays": Case(
         "cache",
-        "search NAC on a cache without layers, ODIN without perturbed logits",
-        "exit 2 'needs per-layer arrays' / 'needs ODIN-perturbed logits … re-extract'; no "
-        "study created",
+        "search NAC on a cache without layers, ODIN on a cache extracted without ODIN",
+        "exit 2 'needs per-layer arrays' / 'needs ODIN's perturbed-input scores … re-extract "
+        "with --odin'; no study created",
     ),
     "cache-best-from-other-cache": Case(
         "cache",

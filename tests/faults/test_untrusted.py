@@ -65,8 +65,9 @@ def test_yaml_with_a_python_tag_is_refused(tmp_path: Path) -> None:
         ("odin_grid", "[(1000, 0.0014)]"),
         ("odin_grid", '{"a": 1}'),
         ("config", "[1, 2]"),
+        ("odin_form", "__import__('os').system('touch {marker}')"),
     ],
-    ids=["code-in-config", "python-tuple", "not-pairs", "not-object"],
+    ids=["code-in-config", "python-tuple", "not-pairs", "not-object", "unknown-odin-form"],
 )
 def test_cache_attributes_are_parsed_not_evaluated(
     cache: Path, key: str, text: str, tmp_path: Path
@@ -75,7 +76,7 @@ def test_cache_attributes_are_parsed_not_evaluated(
     with h5py.File(cache, "a") as f:
         f.attrs[key] = text.replace("{marker}", str(marker))
     with Cache(cache) as c, pytest.raises(CacheError, match=rf"cache\.h5: attribute '{key}'"):
-        c.config() if key == "config" else c.odin_grid  # noqa: B018 - the read is the test
+        c.config() if key == "config" else getattr(c, key)
     assert not marker.exists()
 
 

@@ -108,7 +108,12 @@ def test_study_refuses_a_cache_of_another_model(
     ("method", "damage", "pattern"),
     [
         ("nac", "layers", r"nac needs per-layer arrays, which .*cache\.h5 lacks"),
-        ("odin", "odin", r"odin needs ODIN-perturbed logits, which .*cache\.h5 lacks; re-extract"),
+        (
+            "odin",
+            "odin",
+            r"odin needs ODIN's perturbed-input scores, which .*cache\.h5 lacks .*; re-extract "
+            "with --odin",
+        ),
     ],
     ids=["layers", "odin"],
 )

@@ -12,7 +12,7 @@ from oodcache.cache import Split
 from oodcache.search.base import CacheInfo, Stats
 from oodcache.search.methods.ash import ASH
 from oodcache.search.methods.energy import Energy
-from oodcache.search.ops import ash_kept, ash_shape
+from oodcache.search.ops import ash_kept, ash_mask, ash_shape, descending_places, prepare
 
 
 def make_split(h: object, w: object, b: object, *, name: str = "s", role: str = "id_val") -> Split:
@@ -107,6 +107,21 @@ def test_ties_go_to_the_lower_index() -> None:
     np.testing.assert_allclose(
         ash_shape(h, 50.0, "B"), [[7.5 / 3] * 3 + [0] * 3, [4.0] * 3 + [0] * 3]
     )
+
+
+def test_places_give_the_partition_mask_and_prepared_scores_are_equal() -> None:
+    """The prepared path (ranked once: ``descending_places``) keeps the units the partition keeps,
+    ties included, and scores bit for bit as the unprepared one."""
+    rng = np.random.default_rng(5)
+    h = np.round(rng.exponential(size=(40, 30)), 1).astype(np.float32)  # many ties
+    places = descending_places(h)
+    for k in (1, 7, 15, 29, 30):
+        assert np.array_equal(places < k, ash_mask(h, k))
+    split = make_split(h, rng.normal(size=(6, 30)), rng.normal(size=6))
+    for variant in ("P", "B", "S"):
+        for p in (50.0, 80.0, 97.0):
+            scorer = ASH(percentile=p, variant=variant)  # type: ignore[arg-type]
+            assert np.array_equal(scorer.score(prepare(split)), scorer.score(split))
 
 
 def test_unknown_variant() -> None:

@@ -15,6 +15,7 @@ from optuna.trial import FixedTrial
 
 from oodcache.search.base import CacheInfo, Stats
 from oodcache.search.methods.line import LINe
+from oodcache.search.ops import prepare
 from oodcache.search.study import _enqueued_constants
 
 SMALL = CacheInfo("digits_resnet", "digits", 2, 3, ("avgpool",), 4)
@@ -87,20 +88,22 @@ def hand_stats() -> Stats:
 
 def test_contributions_are_weight_times_class_mean() -> None:
     scorer = LINe(clip_threshold=10.0).fit(hand_stats())
-    np.testing.assert_array_equal(scorer.contribution_, [[1.0, -6.0, 2.0], [4.0, 1.0, -1.0]])
+    np.testing.assert_array_equal(
+        scorer.tables_.contribution, [[1.0, -6.0, 2.0], [4.0, 1.0, -1.0]]
+    )
 
 
 def test_hand_masks_are_signed_and_strict() -> None:
     scorer = LINe(p_w=50.0, p_a=50.0, clip_threshold=10.0).fit(hand_stats())
     w64 = np.array(W_HAND)
-    w_mask, a_mask = scorer.class_masks(0, w64, np.empty_like(w64))
+    w_mask, a_mask = scorer.class_masks(0, w64)
     assert set(zip(*np.nonzero(w_mask), strict=True)) == {(0, 2), (1, 0), (1, 1)}
     assert a_mask.tolist() == [False, False, True]
-    w_mask, a_mask = scorer.class_masks(1, w64, np.empty_like(w64))
+    w_mask, a_mask = scorer.class_masks(1, w64)
     assert set(zip(*np.nonzero(w_mask), strict=True)) == {(0, 0), (0, 2), (1, 0)}
     assert a_mask.tolist() == [True, False, False]
     scorer = LINe(p_w=50.0, p_a=0.0, clip_threshold=10.0).fit(hand_stats())
-    assert scorer.class_masks(0, w64, np.empty_like(w64))[1].tolist() == [True, False, True]
+    assert scorer.class_masks(0, w64)[1].tolist() == [True, False, True]
 
 
 def test_hand_scores() -> None:
@@ -259,3 +262,69 @@ def test_space() -> None:
     trial = FixedTrial({"clip_percentile": 95.0, "p_w": 0.0, "p_a": 99.0})
     assert LINe(**LINe.space(trial, SMALL)) == LINe(clip_percentile=95.0, p_w=0.0, p_a=99.0)
     assert LINe.grid(SMALL) is None  # not in OpenOOD
+
+
+def test_line_masks_equal_the_definition_on_an_awkward_head() -> None:
+    """LINe's M^w_c (θ per column) against forming |C[c]|·W and taking np.percentile."""
+    rng = np.random.default_rng(11)
+    k, d = 6, 40
+    w = np.round(rng.normal(size=(k, d)), 1)  # ties
+    w[:, 5] = 0.0
+    y = np.arange(90) % k
+    h = np.abs(rng.normal(size=(90, d)))
+    h[:, 7] = 0.0  # a unit with zero mean in every class: C[c, 7] = 0
+    train = prepare(make_split(h, w, np.zeros(k), y, name="train", role="train"))
+    for p_w in (0.0, 10.0, 37.5, 90.0, 99.0):
+        scorer = LINe(p_w=p_w, p_a=10.0, clip_threshold=1.0).fit(
+            Stats(fit=train, id_val=train, train_split=train)
+        )
+        contribution = scorer.tables_.contribution
+        w64 = train.weight.astype(np.float64)
+        for c in range(k):
+            products = np.abs(contribution[c])[None, :] * w64
+            want = products > np.percentile(products, p_w)
+            got, units = scorer.class_masks(c, train.weight)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(
+                units, contribution[c] > np.percentile(contribution[c], 10.0)
+            )
+
+
+def test_score_all_equals_score_split_by_split() -> None:
+    rng = np.random.default_rng(12)
+    k, d = 5, 12
+    w, b = rng.normal(size=(k, d)), rng.normal(size=k)
+    y = np.arange(40) % k
+    train = make_split(np.abs(rng.normal(size=(40, d))), w, b, y, name="train", role="train")
+    a = make_split(rng.exponential(size=(17, d)), w, b, name="a")
+    other = make_split(rng.exponential(size=(9, d)) * 2, w, b, name="b")
+    for p_a in (10.0, 90.0):  # all of Wᵀ masked / only the kept units' rows
+        scorer = LINe(p_w=30.0, p_a=p_a, clip_percentile=80.0).fit(
+            Stats(fit=train, id_val=a, train_split=train)
+        )
+        together = scorer.score_all([a, other])
+        np.testing.assert_allclose(together[0], scorer.score(a), rtol=1e-6)
+        np.testing.assert_allclose(together[1], scorer.score(other), rtol=1e-6)
+
+
+@pytest.mark.parametrize("whole_share", [0.0, 1.0])
+def test_both_product_paths_match_the_loop(
+    whole_share: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wholly kept units through one product for all samples (share 0) or class by class (1),
+    the per-class products in blocks of Wᵀ's columns."""
+    from oodcache.search.methods import line
+
+    monkeypatch.setattr(line, "WHOLE_SHARE", whole_share)
+    monkeypatch.setattr(line, "BLOCK", 3)  # Wᵀ in blocks of 3, 1 classes
+    rng = np.random.default_rng(4)
+    k, d = 4, 9
+    w, b = rng.normal(size=(k, d)), rng.normal(size=k) * 0.5
+    y = np.arange(48) % k
+    train = make_split(np.abs(rng.normal(size=(48, d))), w, b, y, name="train", role="train")
+    query = make_split(rng.exponential(size=(30, d)), w, b, name="q")
+    for p_w, p_a in ((5.0, 10.0), (60.0, 30.0), (95.0, 0.0)):
+        scorer = LINe(p_w=p_w, p_a=p_a, clip_threshold=1.5)
+        scorer.fit(Stats(fit=train, id_val=query, train_split=train))
+        want = line_loop(train.features, train.labels, w, b, query.features, p_w, p_a, 1.5)
+        np.testing.assert_allclose(scorer.score(query), want, rtol=1e-5, atol=1e-6)

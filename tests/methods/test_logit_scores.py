@@ -1,8 +1,8 @@
 """MSP, MaxLogit, Energy and ODIN against known answers and scipy (docs/methods.md §4.1, §4.3).
 
 MSP = max_k softmax(f)_k; MaxLogit = max_k f_k; Energy = T·LSE(f/T); ODIN = max_k softmax(f(x̃)/T)_k
-on the cached logits of the perturbed input. Includes large-magnitude logits (stability) and
-float32 inputs; pytorch-ood returns the negated scores.
+of the perturbed input, stored as that score or as its logits (one formula for both). Includes
+large-magnitude logits (stability) and float32 inputs; pytorch-ood returns the negated scores.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from pytorch_ood.detector.odin import odin_preprocessing
 from scipy.special import logsumexp, softmax
 
 from oodcache.cache import Split
-from oodcache.cache.schema import odin_key
+from oodcache.cache.schema import odin_key, odin_score
 from oodcache.search.base import CacheInfo
 from oodcache.search.methods.energy import Energy
 from oodcache.search.methods.maxlogit import MaxLogit
 from oodcache.search.methods.msp import MSP
 from oodcache.search.methods.odin import ODIN
+from oodcache.search.ops import max_softmax
 
 INFO = CacheInfo("digits_resnet", "digits", 3, 4, ("avgpool",), 40)
 
@@ -146,6 +147,31 @@ def test_odin_is_tempered_msp_of_the_perturbed_logits(
     assert not np.allclose(got, softmax(logits / temperature, axis=1).max(axis=1), rtol=1e-4)
     if temperature != 1.0:
         assert not np.allclose(got, softmax(f, axis=1).max(axis=1), rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("temperature", [1.0, 10.0, 1000.0])
+def test_odin_score_is_max_softmax_bit_for_bit(
+    logits: np.ndarray, dtype: type, temperature: float
+) -> None:
+    """The score extraction stores (cache.schema.odin_score, which the search's tempered MSP
+    ops.max_softmax is) equals max_k softmax(f/T)_k computed plainly in float64; ODIN scores a
+    stored score as the logits it came from."""
+    f = logits.astype(dtype)
+    z = f.astype(np.float64) / temperature
+    plain = np.exp(z - z.max(1, keepdims=True))
+    plain = (plain / plain.sum(1, keepdims=True)).max(1)
+    want = max_softmax(f, temperature)
+    np.testing.assert_allclose(want, plain, rtol=1e-6 if dtype == np.float32 else 1e-12)
+    np.testing.assert_array_equal(odin_score(f, temperature), want)
+    for rows in (slice(0, 7), slice(7, None)):  # a batch scores as the rows of the whole
+        np.testing.assert_array_equal(odin_score(f[rows], temperature), want[rows])
+    key = odin_key(temperature, 0.0014)
+    as_logits = make_split(logits, odin={key: f}, dtype=dtype)
+    as_score = make_split(logits, odin={key: odin_score(f, temperature)}, dtype=np.float64)
+    assert as_score.odin[key].shape == (len(f),)
+    odin = ODIN(temperature=temperature, epsilon=0.0014)
+    np.testing.assert_array_equal(odin.score(as_score), odin.score(as_logits))
 
 
 def test_odin_missing_setting_raises() -> None:

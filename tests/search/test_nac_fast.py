@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from oodcache.cache import Split
-from oodcache.search import coverage
+from oodcache.search import coverage, parallel
 from oodcache.search.base import Stats
 from oodcache.search.coverage import (
     STATE_RTOL,
@@ -186,7 +186,8 @@ def test_large_split_uses_chunks_and_threads_with_the_same_result(
     expected = def_nac(fit, test, params)
     got = {}
     for workers in (1, 2, 3):
-        monkeypatch.setattr(coverage, "_workers", lambda w=workers: w)
+        monkeypatch.setattr(coverage, "workers", lambda w=workers: w)
+        monkeypatch.setattr(parallel, "workers", lambda w=workers: w)
         got[workers] = NAC(layers=params).fit(Stats(split(fit), split(fit))).score(split(test))
         np.testing.assert_allclose(got[workers], expected, rtol=0, atol=1e-6)
     assert np.array_equal(got[1], got[2]) and np.array_equal(got[1], got[3])

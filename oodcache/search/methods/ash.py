@@ -17,11 +17,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
+import numpy as np
 import optuna
 
 from oodcache.cache import Split
 from oodcache.search.base import PERCENT, CacheInfo, Scorer
-from oodcache.search.ops import FloatArray, as_score, ash_shape, energy, feature_order
+from oodcache.search.ops import (
+    FloatArray,
+    as_score,
+    ash_shape,
+    feature_places,
+    feature_sums,
+    head_energy,
+)
 from oodcache.search.settings import Setting
 
 Variant = Literal["P", "B", "S"]
@@ -57,7 +65,17 @@ class ASH(Scorer):
         return {"percentile": [65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0], "variant": ["B"]}
 
     def score(self, split: Split) -> FloatArray:
-        shaped = ash_shape(
-            split.features, self.percentile, self.variant, order=feature_order(split)
-        )
-        return as_score(energy(split.head(shaped)))
+        h, places = split.features, feature_places(split)
+        sums = None if self.variant == "P" else feature_sums(split)
+
+        def shape(rows: slice, out: np.ndarray) -> np.ndarray:
+            return ash_shape(
+                h[rows],
+                self.percentile,
+                self.variant,
+                places=None if places is None else places[rows],
+                sums=None if sums is None else sums[rows],
+                out=out,
+            )
+
+        return as_score(head_energy(split, shape))

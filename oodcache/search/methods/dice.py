@@ -24,7 +24,7 @@ import optuna
 
 from oodcache.cache import Split
 from oodcache.search.base import PERCENT, CacheInfo, Scorer, Stats
-from oodcache.search.ops import FloatArray, as_score, dice_weight, energy, feature_mean
+from oodcache.search.ops import FloatArray, as_score, dice_weight, feature_mean, head_energy
 from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
@@ -64,5 +64,4 @@ class DICE(Scorer):
         return self
 
     def score(self, split: Split) -> FloatArray:
-        logits = np.asarray(split.features @ self.weight_.T + split.bias, dtype=np.float32)
-        return as_score(energy(logits))
+        return as_score(head_energy(split, weight=self.weight_))

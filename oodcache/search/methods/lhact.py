@@ -23,7 +23,7 @@ import optuna
 
 from oodcache.cache import Split
 from oodcache.search.base import PERCENT, CacheInfo, Domain, Scorer, Stats
-from oodcache.search.ops import FloatArray, as_score, energy, feature_percentile
+from oodcache.search.ops import FloatArray, as_score, feature_percentile, head_energy
 from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
@@ -31,12 +31,22 @@ log = logging.getLogger(__name__)
 IMAGENET_RESNET50 = {"low_threshold": 0.21940805315971373, "high_threshold": 1.3520756840705868}
 
 
-def lhact_shape(h: np.ndarray, t_low: float, t_high: float, n: int = 2) -> np.ndarray:
-    """The LHAct activation a(h) elementwise (see module docstring)."""
-    hp = np.maximum(h, np.asarray(t_low, h.dtype))
-    ratio_sq = np.square(hp / np.asarray(t_high, h.dtype))
-    decayed = hp / np.sqrt(1 + ratio_sq**n) + np.asarray(t_low, h.dtype)  # (h/t_h)^(2n) as (·²)^n
-    return np.where(hp < t_high, hp, decayed)
+def lhact_shape(
+    h: np.ndarray, t_low: float, t_high: float, n: int = 2, *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The LHAct activation a(h) elementwise (see module docstring), in h's dtype, into ``out``
+    (C-contiguous, h's shape) when given. Only the entries at or above t_h decay, so only they
+    go through the decay's arithmetic."""
+    h = np.asarray(h)
+    t_l, t_h = np.asarray(t_low, h.dtype), np.asarray(t_high, h.dtype)
+    hp = np.maximum(h, t_l, out=out)
+    flat = hp.reshape(-1)  # a view: hp is C-contiguous
+    top = np.flatnonzero(flat >= t_h)
+    if top.size:
+        v = flat[top]
+        ratio_sq = np.square(v / t_h)
+        flat[top] = v / np.sqrt(1 + ratio_sq**n) + t_l  # (h/t_h)^(2n) as (·²)^n
+    return hp
 
 
 @dataclass
@@ -77,5 +87,7 @@ class LHAct(Scorer):
         return self
 
     def score(self, split: Split) -> FloatArray:
-        shaped = lhact_shape(split.features, self.t_low_, self.t_high_, self.n)
-        return as_score(energy(split.head(shaped)))
+        h, t_low, t_high, n = split.features, self.t_low_, self.t_high_, self.n
+        return as_score(
+            head_energy(split, lambda rows, out: lhact_shape(h[rows], t_low, t_high, n, out=out))
+        )

@@ -2,12 +2,15 @@
 
 score(x) = max_k softmax(f(x̃)/T)_k with x̃ = x − ε·sign(∇ₓ CE(f(x)/T, ŷ))/σ, ŷ = argmax f(x)
 (OpenOOD v1.5 form: an exact-zero gradient counts as +1; σ = per-channel normalisation std, so ε is
-in [0, 1] pixel units). Higher = more ID. The perturbation needs the network, so ``extract`` records
-f(x̃) for a grid of (T, ε) and the search picks among the recorded pairs.
+in [0, 1] pixel units). Higher = more ID. The perturbation needs the network, so ``extract --odin``
+records, for a grid of (T, ε), the score itself (``schema.odin_score`` of the float32 f(x̃)) or,
+with ``--odin-logits`` and in format-1 caches, f(x̃), which this method scores with the same
+function; the search picks among the recorded pairs.
 Paper: Liang, Li & Srikant, ICLR 2018, arXiv:1706.02690. Official code: github.com/facebookresearch/odin
-Reads: odin (perturbed logits). Statistics: none. Defaults: T = 1000, ε = 0.0014 (OpenOOD v1.5),
-trial 0 when recorded, else the first recorded pair. Space: one categorical over the recorded pairs
-(OpenOOD grid T ∈ {1, 10, 100, 1000} × ε ∈ {0.0014, 0.0028}). Deviations: none for recorded pairs.
+Reads: odin (scores or logits of the perturbed input). Statistics: none. Defaults: T = 1000,
+ε = 0.0014 (OpenOOD v1.5), trial 0 when recorded, else the first recorded pair. Space: one
+categorical over the recorded pairs (OpenOOD grid T ∈ {1, 10, 100, 1000} × ε ∈ {0.0014, 0.0028}).
+Deviations: none for recorded pairs.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from typing import Any, Self
 import optuna
 
 from oodcache.cache import Split
-from oodcache.cache.schema import odin_key
+from oodcache.cache.schema import odin_key, odin_score
 from oodcache.search.base import NON_NEGATIVE, POSITIVE, CacheInfo, Scorer
-from oodcache.search.ops import FloatArray, as_score, max_softmax
+from oodcache.search.ops import FloatArray, as_score
 
 
 @dataclass
@@ -58,6 +61,9 @@ class ODIN(Scorer):
         key = odin_key(self.temperature, self.epsilon)
         if key not in split.odin:
             raise KeyError(
-                f"split {split.name!r} has no ODIN logits for {key}; recorded: {sorted(split.odin)}"
+                f"split {split.name!r} has no ODIN data for {key}; recorded: {sorted(split.odin)}"
             )
-        return as_score(max_softmax(split.odin[key], self.temperature))
+        recorded = split.odin[key]
+        if recorded.ndim == 1:  # the score, computed at extraction by odin_score
+            return as_score(recorded)
+        return as_score(odin_score(recorded, self.temperature))

@@ -22,7 +22,7 @@ import optuna
 
 from oodcache.cache import Split
 from oodcache.search.base import PERCENT, CacheInfo, Scorer, Stats
-from oodcache.search.ops import FloatArray, as_score, energy, feature_percentile
+from oodcache.search.ops import FloatArray, as_score, feature_percentile, head_energy
 from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
@@ -60,4 +60,5 @@ class ReAct(Scorer):
         return self
 
     def score(self, split: Split) -> FloatArray:
-        return as_score(energy(split.head(np.minimum(split.features, self.threshold_))))
+        c, h = np.float32(self.threshold_), split.features
+        return as_score(head_energy(split, lambda rows, out: np.minimum(h[rows], c, out=out)))

@@ -36,9 +36,9 @@ from oodcache.search.ops import (
     FloatArray,
     as_score,
     ash_shape,
-    energy,
-    feature_order,
     feature_percentile,
+    feature_places,
+    head_energy,
 )
 from oodcache.search.settings import Setting
 
@@ -79,13 +79,17 @@ class ReActASH(Scorer):
         return self
 
     def score(self, split: Split) -> FloatArray:
-        clipped = np.minimum(split.features, np.float32(self.threshold_))
-        # rank = h: the top k of the clipped x, ties at c to the larger raw h (then lower index)
-        shaped = ash_shape(
-            clipped,
-            self.ash_percentile,
-            self.variant,
-            rank=split.features,
-            order=feature_order(split),
-        )
-        return as_score(energy(split.head(shaped)))
+        c, h, places = np.float32(self.threshold_), split.features, feature_places(split)
+
+        def shape(rows: slice, out: np.ndarray) -> np.ndarray:
+            # rank = h: the top k of the clipped x, ties at c to the larger raw h (then lower index)
+            return ash_shape(
+                np.minimum(h[rows], c, out=out),
+                self.ash_percentile,
+                self.variant,
+                rank=h[rows],
+                places=None if places is None else places[rows],
+                out=out,
+            )
+
+        return as_score(head_energy(split, shape))

@@ -30,9 +30,9 @@ from oodcache.search.ops import (
     FloatArray,
     as_score,
     dice_weight,
-    energy,
     feature_mean,
     feature_percentile,
+    head_energy,
 )
 from oodcache.search.settings import Setting
 
@@ -78,5 +78,7 @@ class ReActDICE(Scorer):
         return self
 
     def score(self, split: Split) -> FloatArray:
-        clipped = np.minimum(split.features, np.float32(self.threshold_))
-        return as_score(energy(np.asarray(clipped @ self.weight_.T + split.bias, np.float32)))
+        c, h = np.float32(self.threshold_), split.features
+        return as_score(
+            head_energy(split, lambda rows, out: np.minimum(h[rows], c, out=out), self.weight_)
+        )

@@ -14,6 +14,14 @@ eigenbasis and the train residual norms for every dim are computed once per trai
 search split's residual norms for every dim once per split);
 grid {256, 1000} (OpenOOD v1.5), the values inside the space.
 Deviations: none (OpenOOD v1.5 fixed dim = 256 and computed R once, so its search had no effect).
+Precision: u, Σ and its eigenbasis are float64 (a float32 Σ about u, as the official code's, loses
+the trailing eigenvectors when u lies far off the data). The every-dim tables (train, for α; each
+search split) project in float32 from the train mean c, adding (c − u)ᵀV from float64: equal to
+the float64 projection to 4e-7 relative for every dim of the space on bench_methods' cache (the
+stored float32 table alone rounds to 6e-8); α's mean max logit uses float32 logits (3e-10).
+Cost of a cold search: pinv(W), one D×D covariance (float64) and eigh, one float32 projection of
+train and of each search split on all D eigenvectors: within 2x of the least a trial needs
+(bench_methods' ``inherent_cold``).
 """
 
 from __future__ import annotations
@@ -50,10 +58,31 @@ class Basis(NamedTuple):
     vectors: np.ndarray  # eigenvectors (D, D), columns by descending eigenvalue
     mean_max_logit: float  # mean over train of max_k f_k
     mean_residual: np.ndarray  # (D + 1,): [dim] = mean over train of ‖R_dimᵀ(h − u)‖
+    centre: np.ndarray  # c (D,) float32: the train mean, where float32 projections are taken
+    offset: np.ndarray  # (c − u)ᵀV (D,) float32, from float64
+    vectors32: np.ndarray  # ``vectors`` in float32, columns by ascending eigenvalue
+
+
+def tail_norms(
+    h: np.ndarray, centre: np.ndarray, offset: np.ndarray, rev: np.ndarray
+) -> np.ndarray:
+    """(N, D) float64, [:, i] = ‖(h − u)ᵀV[:, D − 1 − i:]‖ (the residual norm of dim D − 1 − i).
+
+    y = (h − c)ᵀV + (c − u)ᵀV with c the float32 train mean, so that the float32 GEMM rounds
+    relative to the spread ‖h − c‖ rather than to ‖h − u‖ (u = −W⁺b may lie far off the data:
+    thousands of times ‖h − c‖); the offset (c − u)ᵀV is float64 rounded once to float32, the
+    squares are summed in float64, trailing eigenvectors first (``rev``: ascending order)."""
+    y = (h - centre) @ rev
+    y += offset
+    y *= y
+    out = y.astype(np.float64)  # then in place: 3x faster than cumsum(..., dtype=float64)
+    np.cumsum(out, axis=1, out=out)
+    return np.sqrt(out, out=out)
 
 
 def vim_basis(split: Split) -> Basis:
-    """What ViM needs from ID train ``split``, for every dim at once (kept on a prepared split)."""
+    """What ViM needs from ID train ``split``, for every dim at once (kept on a prepared split).
+    Σ and its eigenbasis are float64; the train projections for α are float32 (``tail_norms``)."""
     features, weight, bias = split.features, split.weight, split.bias
 
     def compute() -> Basis:
@@ -61,31 +90,40 @@ def vim_basis(split: Split) -> Basis:
         w, b = weight.astype(np.float64), bias.astype(np.float64)
         u = -np.linalg.pinv(w) @ b
         cov = np.zeros((d, d))
-        max_logit = 0.0
         for rows in row_chunks(n, 8 * d, 2**26):
             x = features[rows] - u
             cov += x.T @ x
-            max_logit += float((features[rows] @ w.T + b).max(axis=1).sum())
-        vals, vecs = np.linalg.eigh(cov / n)
-        vecs = vecs[:, ::-1]  # descending eigenvalues
+        _, vecs = np.linalg.eigh(cov / n)  # ascending eigenvalues
+        rev = np.ascontiguousarray(vecs, np.float32)
+        centre = features.mean(axis=0, dtype=np.float64).astype(np.float32)
+        offset = ((centre - u) @ vecs).astype(np.float32)
+        max_logit = 0.0
         residual = np.zeros(d + 1)
         for rows in row_chunks(n, 16 * d, 2**26):
-            y2 = ((features[rows] - u) @ vecs) ** 2
-            tail = np.cumsum(y2[:, ::-1], axis=1)[:, ::-1]  # [:, j] = Σ_{i >= j} y_i²
-            residual[:d] += np.sqrt(tail).sum(axis=0)
-        return Basis(u, readonly(np.ascontiguousarray(vecs)), max_logit / n, residual / n)
+            h = features[rows]
+            max_logit += float((h @ weight.T + bias).max(axis=1).sum(dtype=np.float64))
+            residual[d - 1 :: -1] += tail_norms(h, centre, offset, rev).sum(axis=0)
+        return Basis(
+            u,
+            readonly(np.ascontiguousarray(vecs[:, ::-1])),  # descending eigenvalues
+            max_logit / n,
+            residual / n,
+            readonly(centre),
+            readonly(offset),
+            readonly(rev),
+        )
 
     return derive(split, "vim basis", compute)
 
 
 def residual_norms(h: np.ndarray, basis: Basis) -> np.ndarray:
-    """(N, D) float32, [:, j] = ‖(h − u)ᵀV[:, j:]‖ for every dim j: one projection on the whole
-    eigenbasis, then reversed cumulative sums. Kept on a prepared split, a trial reads one column."""
+    """(N, D) float32, [:, i] = ‖(h − u)ᵀV[:, D − 1 − i:]‖, the residual norm of dim D − 1 − i:
+    one float32 projection on the whole eigenbasis (``tail_norms``), then cumulative sums. Kept
+    on a prepared split, a trial reads one column."""
     n, d = h.shape
     out = np.empty((n, d), np.float32)
     for rows in row_chunks(n, 24 * d, 2**26):
-        y2 = ((h[rows] - basis.origin) @ basis.vectors) ** 2
-        out[rows] = np.sqrt(np.cumsum(y2[:, ::-1], axis=1)[:, ::-1])
+        out[rows] = tail_norms(h[rows], basis.centre, basis.offset, basis.vectors32)
     return readonly(out)
 
 
@@ -136,11 +174,11 @@ class ViM(Scorer):
 
     def residual_norm(self, split: Split) -> np.ndarray:
         """‖Rᵀ(h − u)‖ per row, float64. A prepared split fitted against a prepared train split
-        reads its table of every dim (``residual_norms``, float32: equal to ~1e-7 relative)."""
+        reads its table of every dim (``residual_norms``, float32: equal to ~4e-7 relative)."""
         h = split.features
         if split.tables is not None and self.table_tag_ is not None:
             table = split.tables.get(self.table_tag_, lambda: residual_norms(h, self.basis_))
-            return np.asarray(table[:, self.dim_], np.float64)
+            return np.asarray(table[:, h.shape[1] - 1 - self.dim_], np.float64)
         out = np.empty(len(h))
         for rows in row_chunks(len(h), 8 * self.residual_.shape[1], 2**26):
             out[rows] = np.linalg.norm((h[rows] - self.origin_) @ self.residual_, axis=1)
