@@ -4,16 +4,17 @@ LINe's weight mask for class c compares every entry of P = a ⊙ W (P[k, j] = a_
 float64, a_j = |C[j, c]| >= 0) with the p-th percentile of all K·D entries of P. Forming P and
 taking ``np.percentile`` costs a K·D selection per class (~25 ms at K = 1,000, D = 2,048); a
 search trial needs it for every predicted class. This module does the same exactly, from
-parameter-independent tables built once per study:
+parameter-independent tables built once per study, in compiled loops (numba):
 
-* :class:`SortedColumns` — W's columns sorted once, as searchable keys. Because x ↦ fl(a·x) is
-  non-decreasing for a >= 0 (rounding is monotone), column j of P is sorted in the same order,
-  and "fl(a_j·W[k, j]) <= t" is "W[k, j] <= θ_j" for one float32 θ_j (:func:`column_thresholds`,
-  exact: the largest float32 x with fl(a_j·x) <= t). Counting the entries of P at or below t is
-  then one ``searchsorted`` of D keys.
+* :class:`SortedColumns` — W's columns sorted once. Because x ↦ fl(a·x) is non-decreasing for
+  a >= 0 (rounding is monotone), column j of P is sorted in the same order: the entries of P at
+  or below a value v are a prefix of each sorted column, found by a binary search that forms
+  only the products it compares.
 * :class:`Sketch` — a fixed random sample of P's positions, its values sorted per row of a
-  (per class), giving a bracket around any rank; the bracket is checked with exact counts,
-  narrowed, and the few entries inside it are formed and partitioned.
+  (per class). It proposes a bracket around the wanted ranks; exact counts check it and bisect
+  it (over the sample's values) until a few hundred entries remain, which are formed and sorted.
+* :func:`column_thresholds` — "fl(a_j·W[k, j]) > t" is "W[k, j] > θ_j" for one float32 θ_j,
+  the largest float32 x with fl(a_j·x) <= t: the mask becomes one float32 compare.
 
 :func:`percentile` equals ``np.percentile(a[:, None]·W.T, q)`` bit for bit, and
 ``W > column_thresholds(a, t)`` equals ``a·W > t`` entry for entry (tests/search/
@@ -22,44 +23,45 @@ test_scaled_columns.py). Nothing here is approximate: the sample only decides wh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from oodcache.search.ops import percentile_of_order_statistics, percentile_ranks
+from oodcache.search.parallel import parallel_map, workers
 
 F32_MAX = np.float32(np.finfo(np.float32).max)
 _INF32 = np.float32(np.inf)
 _DOWN = np.float32(-np.inf)
 
-
-def _ordered_bits(x: np.ndarray) -> np.ndarray:
-    """uint64 keys with the float32 order: negative values flipped, positives offset (−0 → +0)."""
-    bits = (np.asarray(x, np.float32) + np.float32(0.0)).view(np.uint32).astype(np.uint64)
-    negative = bits >= 0x80000000
-    return np.where(negative, bits ^ 0xFFFFFFFF, bits | 0x80000000)
+#: largest bracket (entries) formed and sorted; wider ones are bisected first
+BAND = 512
+#: spacing of the coarse copy of each sorted column (SortedColumns.coarse)
+STRIDE = 32
+#: sample values counted per pass over the columns (the bracket shrinks PIVOTS + 1 times)
+PIVOTS = 1
+_Z = 4.5  # half-width of the first bracket, in binomial standard deviations of the sample
 
 
 @dataclass(frozen=True)
 class SortedColumns:
-    """W (K, D) with each column sorted ascending, as ``columns`` (D, K) float32 and one sorted
-    uint64 key per entry (column index in the high 32 bits, the value's order in the low 32)."""
+    """W (K, D) with each column sorted ascending, as ``columns`` (D, K) float32 (−0 → +0), and
+    ``coarse`` (D, ⌈K / STRIDE⌉): every STRIDE-th entry of each sorted column."""
 
     columns: np.ndarray
-    keys: np.ndarray
+    coarse: np.ndarray
 
     @classmethod
     def build(cls, weight: np.ndarray) -> SortedColumns:
         w = np.asarray(weight, np.float32)
         if not np.isfinite(w).all():
             raise ValueError("weights must be finite")
-        columns = np.ascontiguousarray(np.sort(w.T, axis=1) + np.float32(0.0))  # −0 → +0 (keys)
-        d = columns.shape[0]
-        keys = (np.arange(d, dtype=np.uint64)[:, None] << np.uint64(32)) | _ordered_bits(columns)
-        columns.flags.writeable = False
-        keys = keys.ravel()
-        keys.flags.writeable = False
-        return cls(columns, keys)
+        columns = np.ascontiguousarray(np.sort(w.T, axis=1) + np.float32(0.0))
+        coarse = np.ascontiguousarray(columns[:, ::STRIDE])
+        columns.flags.writeable = coarse.flags.writeable = False
+        return cls(columns, coarse)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -67,44 +69,55 @@ class SortedColumns:
         d, k = self.columns.shape
         return k, d
 
-    def counts_at_or_below(self, theta: np.ndarray) -> np.ndarray:
-        """#{k : W[k, j] <= θ[..., j]} for each column j (int64, shaped like θ, (D,) or (R, D)).
-        Only a θ inside its column's range is searched: below the column it counts 0, at or
-        above its largest entry K."""
-        k, d = self.shape
-        single = np.ndim(theta) == 1
-        theta_t = np.atleast_2d(theta).T  # (D, R): each column's queries together
-        counts = np.where(theta_t >= self.columns[:, -1:], k, 0)
-        cols, rows = np.nonzero((theta_t >= self.columns[:, :1]) & (counts == 0))
-        if cols.size:
-            queries = (cols.astype(np.uint64) << np.uint64(32)) | _ordered_bits(
-                theta_t[cols, rows]
-            )
-            found = np.searchsorted(self.keys, queries, side="right")
-            counts[cols, rows] = found - cols * k
-        return counts[:, 0] if single else counts.T
 
-    def extremes(self, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(smallest, largest) product of each column, fl(a_j·min W[:, j]) and fl(a_j·max W[:, j]),
-        shaped like ``scales`` (a >= 0 keeps the order)."""
-        return scales * self.columns[:, 0], scales * self.columns[:, -1]
+# --------------------------------------------------------------------------- θ per column
+@njit(nogil=True, cache=True)
+def _bisect(a: float, t: float) -> np.float32:
+    """The largest float32 x <= F32_MAX with fl(a·x) <= t, by bisection over float32's order
+    (a > 0): for the rare entries whose products overflow, where ulp steps do not settle."""
+    probe = np.empty(1, np.float32)
+    bits = probe.view(np.int32)
 
-    def counts_at_or_below_rows(
-        self, scales: np.ndarray, v: np.ndarray, extremes: tuple[np.ndarray, np.ndarray]
-    ) -> np.ndarray:
-        """(R, D): #{k : fl(scales[r, j]·W[k, j]) <= v[r]} per row r and column j. A column whose
-        smallest product is above v counts 0, one whose largest is at or below v counts K; only
-        the others need θ (:func:`column_thresholds`) and a search."""
-        k, d = self.shape
-        smallest, largest = extremes
-        v = v[:, None]
-        counts = np.where(largest <= v, k, 0)
-        cols, rows = np.nonzero(((smallest <= v) & (largest > v)).T)  # column by column
-        if cols.size:
-            theta = column_thresholds(scales[rows, cols], v[rows, 0])
-            queries = (cols.astype(np.uint64) << np.uint64(32)) | _ordered_bits(theta)
-            counts[rows, cols] = np.searchsorted(self.keys, queries, side="right") - cols * k
-        return counts
+    def value(key: int) -> float:  # order key (−0 and +0 → 0) to float
+        bits[0] = key if key >= 0 else (-key) | -0x80000000
+        return float(probe[0])
+
+    lo, hi = -0x7F800000, 0x7F7FFFFF  # −inf, F32_MAX
+    if a * value(hi) <= t:
+        return np.float32(F32_MAX)
+    for _ in range(34):
+        mid = (lo + hi) // 2
+        if a * value(mid) <= t:
+            lo = mid
+        else:
+            hi = mid
+    return np.float32(value(lo))
+
+
+@njit(nogil=True, cache=True)
+def _thresholds(a: np.ndarray, t: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = the largest float32 x with fl(a[i]·x) <= t[i] (flat arrays; see the caller)."""
+    inf, top = np.float32(np.inf), np.float32(F32_MAX)
+    for i in range(a.shape[0]):
+        ai, ti = a[i], t[i]
+        if not ai > 0:  # a = 0: every product is ±0, kept iff 0 > t
+            out[i] = inf if ti >= 0 else -inf
+            continue
+        guess = ti / ai
+        guess = 0.0 if math.isnan(guess) else min(max(guess, -float(top)), float(top))
+        theta = np.float32(guess)
+        settled = False
+        for _ in range(3):  # the guess is within an ulp or two; each pass moves one ulp
+            if ai * float(theta) > ti:
+                theta = np.nextafter(theta, -inf)
+                continue
+            up = np.nextafter(theta, inf)
+            if theta < top and ai * float(up) <= ti:
+                theta = up
+                continue
+            settled = True
+            break
+        out[i] = theta if settled else _bisect(ai, ti)
 
 
 def column_thresholds(a: np.ndarray, t: float | np.ndarray) -> np.ndarray:
@@ -112,47 +125,141 @@ def column_thresholds(a: np.ndarray, t: float | np.ndarray) -> np.ndarray:
     for every finite float32 W[k, j] (a >= 0, float64 products; ``t`` a scalar or one value per
     row of a 2-D ``a``, shape (R, 1)): θ is the largest float32 x with fl(a·x) <= t (−inf when
     there is none, so every entry passes; +inf where a = 0 and t >= 0)."""
-    a = np.asarray(a, np.float64)
-    t = np.asarray(t, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        guess = np.clip(t / a, -float(F32_MAX), float(F32_MAX))
-    theta = np.where(np.isnan(guess), 0.0, guess).astype(np.float32)
-    live = a > 0
-    for _ in range(3):  # the guess is within an ulp or two; each pass moves one ulp
-        with np.errstate(invalid="ignore", over="ignore"):
-            high = live & (a * theta > t)
-            theta = np.where(high, np.nextafter(theta, _DOWN), theta)
-            up = np.nextafter(theta, _INF32)
-            low = live & ~high & (a * up <= t) & (theta < F32_MAX)
-        theta = np.where(low, up, theta)
-        if not (high.any() or low.any()):
-            break
-    else:  # still moving (products that overflow): bisect those entries' float32 order
-        stuck = np.broadcast_to(high | low, theta.shape)
-        theta = np.array(theta, copy=True)
-        t_b = np.broadcast_to(t, theta.shape)
-        theta[stuck] = _bisect(np.broadcast_to(a, theta.shape)[stuck], t_b[stuck])
-    # a = 0: every product is ±0, kept iff 0 > t
-    return np.where(live, theta, np.where(t >= 0, _INF32, _DOWN)).astype(np.float32)
+    a64, t64 = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(t, np.float64))
+    out = np.empty(a64.size, np.float32)
+    _thresholds(np.ascontiguousarray(a64).ravel(), np.ascontiguousarray(t64).ravel(), out)
+    return out.reshape(a64.shape)
 
 
-def _bisect(a: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """The largest float32 x <= F32_MAX with fl(a·x) <= t, by bisection over float32's order
-    (a > 0; x = −inf satisfies it always). For the rare entries the ulp steps do not settle."""
+# --------------------------------------------------------------------------- selection
+@njit(nogil=True, cache=True)
+def _search(col, a, v, left, right):
+    """#{k : fl(a·col[k]) <= v} of a sorted ``col``, known to lie in [left, right]."""
+    while left < right:
+        mid = (left + right) >> 1
+        if a * float(col[mid]) <= v:
+            left = mid + 1
+        else:
+            right = mid
+    return left
 
-    def value(key: np.ndarray) -> np.ndarray:  # order key (−0 and +0 → 0) to float32
-        bits = np.where(key >= 0, key, (-key) | 0x80000000).astype(np.uint32)
-        return bits.view(np.float32)
 
-    lo = np.full(a.shape, -0x7F800000, np.int64)  # −inf
-    hi = np.full(a.shape, 0x7F7FFFFF, np.int64)  # F32_MAX
-    with np.errstate(over="ignore", invalid="ignore"):
-        top = a * value(hi) <= t
-        for _ in range(34):
-            mid = (lo + hi) // 2
-            ok = a * value(mid) <= t
-            lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
-    return np.where(top, F32_MAX, value(lo))
+@njit(nogil=True, cache=True)
+def _count(a, columns, v, lo, hi, active, out):
+    """Σ_j #{k : fl(a_j·W_sorted[j, k]) <= v} - Σ_j lo[j] over the ``active`` columns j, each
+    searched only in [lo[j], hi[j]] (all entries below lo[j] are known <= v, all from hi[j] on
+    > v; the other columns have lo = hi); out[j] = that column's count."""
+    total = 0
+    for j in active:
+        out[j] = _search(columns[j], a[j], v, lo[j], hi[j])
+        total += out[j] - lo[j]
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _count_both(a, columns, v_lo, v_hi, out_lo, out_hi):
+    """``_count`` of two values v_lo <= v_hi over whole columns, in one pass (the second search
+    starts where the first ended, in cache)."""
+    total_lo = total_hi = 0
+    k = columns.shape[1]
+    for j in range(columns.shape[0]):
+        out_lo[j] = _search(columns[j], a[j], v_lo, 0, k)
+        out_hi[j] = _search(columns[j], a[j], v_hi, out_lo[j], k)
+        total_lo += out_lo[j]
+        total_hi += out_hi[j]
+    return total_lo, total_hi
+
+
+@njit(nogil=True, cache=True)
+def _select(scales, columns, sketch, sketch_rows, rows, first, last, band, z, out):
+    """out[r] = the entries at 0-based ranks (first, last) of row r's products, for r in rows.
+    The sample's values bracket the ranks (checked by exact counts; a miss goes to ±inf), a
+    bisection over the sample's values inside the bracket narrows it (exact counts again) to
+    at most ``band`` entries, and those are formed and sorted."""
+    d, k = columns.shape
+    n, m = k * d, sketch.shape[1]
+    pos_lo = np.empty(d, np.int64)
+    pos_hi = np.empty(d, np.int64)
+    probe = np.empty(d, np.int64)
+    inf = np.inf
+    f_lo, f_hi = (first + 0.5) / n, (last + 0.5) / n
+    i_lo0 = max(-1, int(np.floor(f_lo * m - (z * np.sqrt(m * f_lo * (1 - f_lo)) + 2))))
+    i_hi0 = min(m, int(np.ceil(f_hi * m + (z * np.sqrt(m * f_hi * (1 - f_hi)) + 2))))
+    for r in rows:
+        a = scales[r]
+        sk = sketch[sketch_rows[r]]
+        i_lo, i_hi = i_lo0, i_hi0
+        v_lo, v_hi = sk[i_lo] if i_lo >= 0 else -inf, sk[i_hi] if i_hi < m else inf
+        c_lo, c_hi = _count_both(a, columns, v_lo, v_hi, pos_lo, pos_hi)
+        if c_lo > first:  # the sample's bracket missed (rare): start from below everything
+            i_lo, c_lo = -1, 0
+            pos_lo[:] = 0
+        if c_hi <= last:
+            i_hi, c_hi = m, n
+            pos_hi[:] = k
+        split = False
+        active = np.flatnonzero(pos_lo < pos_hi)  # the columns with entries in the bracket
+        probe[:] = pos_lo
+        while c_hi - c_lo > band and i_hi - i_lo > 1:
+            mid = (i_lo + i_hi) >> 1
+            c = c_lo + _count(a, columns, sk[mid], pos_lo, pos_hi, active, probe)
+            if c <= first:
+                i_lo, c_lo = mid, c
+                pos_lo[active] = probe[active]
+            elif c > last:
+                i_hi, c_hi = mid, c
+                pos_hi[active] = probe[active]
+            else:  # first < c <= last: the two ranks straddle sk[mid]
+                split = True
+                break
+            active = active[pos_lo[active] < pos_hi[active]]
+        if split:  # rank first: the largest entry <= sk[mid]; rank last: the next one
+            below, above = -inf, inf
+            for j in range(d):
+                if probe[j] > 0:
+                    below = max(below, a[j] * float(columns[j, probe[j] - 1]))
+                if probe[j] < k:
+                    above = min(above, a[j] * float(columns[j, probe[j]]))
+            out[r, 0], out[r, 1] = below, above
+            continue
+        band_values = np.empty(c_hi - c_lo, np.float64)
+        at = 0
+        for j in range(d):
+            for p in range(pos_lo[j], pos_hi[j]):
+                band_values[at] = a[j] * float(columns[j, p])
+                at += 1
+        band_values.sort()
+        out[r, 0] = band_values[first - c_lo]
+        out[r, 1] = band_values[last - c_lo]
+
+
+def order_statistics(
+    scales: np.ndarray,
+    table: SortedColumns,
+    sketch: np.ndarray,
+    ranks: tuple[int, ...],
+    sketch_rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """(R, len(ranks)): for each row a of ``scales`` (R, D), the entries of P = a ⊙ W (float64)
+    at the given 0-based ascending ``ranks`` (one, or two adjacent), exactly: equal to
+    ``np.sort((a[:, None]·W.T).ravel())[list(ranks)]``. ``sketch`` (R, m) holds the rows'
+    sorted sample values (:class:`Sketch`): it only proposes where to look; exact counts check
+    and narrow the bracket, and the entries inside the final one are formed and sorted. Rows
+    run on the pool's threads. ``sketch_rows``: the rows of ``sketch`` that belong to
+    ``scales``' rows (default: all, in order), so that a subset of classes needs no copy."""
+    scales = np.ascontiguousarray(scales, np.float64)
+    rows = len(scales)
+    if sketch_rows is None:
+        sketch_rows = np.arange(rows)
+    out = np.empty((rows, 2))
+    first, last = ranks[0], ranks[-1]
+    args = (table.columns, sketch, np.asarray(sketch_rows, np.int64))
+
+    def run(part: np.ndarray) -> None:
+        _select(scales, *args, part, first, last, BAND, _Z, out)
+
+    parallel_map(run, np.array_split(np.arange(rows), min(rows, 4 * workers())))
+    return out[:, : len(ranks)]
 
 
 @dataclass(frozen=True)
@@ -174,135 +281,6 @@ class Sketch:
         values = np.sort(np.asarray(scales, np.float64)[:, cols] * w[None, :], axis=1)
         values.flags.writeable = False
         return cls(values)
-
-
-#: largest bracket (entries) formed and partitioned directly; wider ones are narrowed first
-BAND = 16384
-_Z = 4.5  # bracket half-width in binomial standard deviations of the sample
-_ROUNDS = 4  # narrowing rounds before the bracket is formed whatever its width
-
-
-def order_statistics(
-    scales: np.ndarray,
-    table: SortedColumns,
-    sketch: np.ndarray,
-    ranks: tuple[int, ...],
-    sketch_rows: np.ndarray | None = None,
-) -> np.ndarray:
-    """(R, len(ranks)): for each row a of ``scales`` (R, D), the entries of P = a ⊙ W (float64)
-    at the given 0-based ascending ``ranks`` (one, or two adjacent), exactly: equal to
-    ``np.sort((a[:, None]·W.T).ravel())[list(ranks)]``. ``sketch`` (R, m) holds the rows'
-    sorted sample values (:class:`Sketch`): it only proposes brackets of sample indices; exact
-    counts of the entries at or below each end check them (an end that misses moves to the
-    matrix's extreme) and the entries inside the final bracket are formed and partitioned.
-    ``sketch_rows``: the rows of ``sketch`` that belong to ``scales``' rows (default: all, in
-    order), so that a subset of classes needs no copy of the sketch."""
-    scales = np.asarray(scales, np.float64)
-    rows, m = len(scales), sketch.shape[1]
-    if sketch_rows is None:
-        sketch_rows = np.arange(rows)
-    k, d = table.shape
-    first, last = ranks[0], ranks[-1]
-    lo_i, hi_i = _initial_bracket(first, last, k * d, m)
-    lo = np.full(rows, lo_i)
-    hi = np.full(rows, hi_i)
-    extremes = table.extremes(scales)
-    # the ends of the index range: just below the smallest product, the largest product
-    smallest = np.nextafter(extremes[0].min(axis=1), -np.inf)
-    largest = extremes[1].max(axis=1)
-
-    def values(index: np.ndarray, which: np.ndarray) -> np.ndarray:
-        inside = np.clip(index, 0, m - 1)
-        v = sketch[sketch_rows[which], inside]
-        return np.where(index < 0, smallest[which], np.where(index >= m, largest[which], v))
-
-    everyone = np.arange(rows)
-    lo_counts = table.counts_at_or_below_rows(scales, values(lo, everyone), extremes)
-    hi_counts = table.counts_at_or_below_rows(scales, values(hi, everyone), extremes)
-    for _ in range(_ROUNDS):
-        below, upto = lo_counts.sum(axis=1), hi_counts.sum(axis=1)
-        miss_lo, miss_hi = below > first, upto <= last
-        wide = ~miss_lo & ~miss_hi & (upto - below > BAND) & (hi - lo > 2)
-        if not (miss_lo.any() or miss_hi.any() or wide.any()):
-            break
-        new_lo, new_hi = _narrowed(lo, hi, below, upto, first, last, wide)
-        new_lo[miss_lo], new_hi[miss_hi] = -1, m  # a miss (rare): go to the extreme
-        for index, new, counts, valid in (
-            (lo, new_lo, lo_counts, lambda c: c.sum(axis=1) <= first),
-            (hi, new_hi, hi_counts, lambda c: c.sum(axis=1) > last),
-        ):
-            moved = np.flatnonzero(new != index)
-            if moved.size:
-                fresh = table.counts_at_or_below_rows(
-                    scales[moved],
-                    values(new[moved], moved),
-                    (extremes[0][moved], extremes[1][moved]),
-                )
-                ok = valid(fresh)  # a narrowed end that misses keeps the old, checked one
-                index[moved[ok]], counts[moved[ok]] = new[moved[ok]], fresh[ok]
-    blocks = [slice(i, i + 64) for i in range(0, rows, 64)]  # bounds the formed products' memory
-    picked = [_pick(scales[b], table, lo_counts[b], hi_counts[b], ranks) for b in blocks]
-    return np.concatenate(picked) if picked else np.empty((0, len(ranks)))
-
-
-def _pick(
-    scales: np.ndarray,
-    table: SortedColumns,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    ranks: tuple[int, ...],
-) -> np.ndarray:
-    """(R, len(ranks)): the entries at ``ranks`` of each row, from the brackets whose per-column
-    counts are ``lo`` and ``hi`` (R, D): the products inside are formed in float64 (all rows at
-    once) and partitioned row by row."""
-    k, d = table.shape
-    lengths = (hi - lo).ravel()
-    starts = (np.arange(d) * k + lo).ravel()  # in the flattened sorted columns
-    flat = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
-    row_of = np.repeat(np.arange(len(scales)), (hi - lo).sum(axis=1))
-    band = scales[row_of, flat // k] * table.columns.ravel()[flat].astype(np.float64)
-    bounds = np.cumsum([0, *(hi - lo).sum(axis=1)])
-    below = lo.sum(axis=1)
-    out = np.empty((len(scales), len(ranks)))
-    for r in range(len(scales)):
-        picks = [rank - int(below[r]) for rank in ranks]
-        part = np.partition(band[bounds[r] : bounds[r + 1]], picks)
-        out[r] = part[picks]
-    return out
-
-
-def _initial_bracket(first: int, last: int, n: int, m: int) -> tuple[int, int]:
-    """Sample indices around the ranks' expected places, _Z binomial deviations out."""
-    f_lo, f_hi = (first + 0.5) / n, (last + 0.5) / n
-    half_lo = _Z * np.sqrt(m * f_lo * (1 - f_lo)) + 2
-    half_hi = _Z * np.sqrt(m * f_hi * (1 - f_hi)) + 2
-    return max(-1, int(np.floor(f_lo * m - half_lo))), min(m, int(np.ceil(f_hi * m + half_hi)))
-
-
-def _narrowed(
-    lo: np.ndarray,
-    hi: np.ndarray,
-    below: np.ndarray,
-    upto: np.ndarray,
-    first: int,
-    last: int,
-    wide: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Tighter sample brackets inside [lo, hi] for the ``wide`` rows: the sample points between
-    the ends are a uniform sample of the bracket's entries, so the ranks sit near the same
-    fractions of them."""
-    new_lo, new_hi = lo.copy(), hi.copy()
-    w = np.flatnonzero(wide)
-    inside = (hi[w] - lo[w]).astype(np.float64)
-    width = (upto[w] - below[w]).astype(np.float64)
-    f_lo = np.clip((first - below[w] + 0.5) / width, 0.0, 1.0)
-    f_hi = np.clip((last - below[w] + 0.5) / width, 0.0, 1.0)
-    spread_lo = _Z * np.sqrt(inside * f_lo * (1 - f_lo)) + 2
-    spread_hi = _Z * np.sqrt(inside * f_hi * (1 - f_hi)) + 2
-    new_lo[w] = np.maximum(lo[w], np.floor(lo[w] + f_lo * inside - spread_lo).astype(int))
-    new_hi[w] = np.minimum(hi[w], np.ceil(lo[w] + f_hi * inside + spread_hi).astype(int))
-    new_hi[w] = np.maximum(new_hi[w], new_lo[w] + 1)
-    return new_lo, new_hi
 
 
 def percentiles(

@@ -305,26 +305,3 @@ def test_score_all_equals_score_split_by_split() -> None:
         together = scorer.score_all([a, other])
         np.testing.assert_allclose(together[0], scorer.score(a), rtol=1e-6)
         np.testing.assert_allclose(together[1], scorer.score(other), rtol=1e-6)
-
-
-@pytest.mark.parametrize("whole_share", [0.0, 1.0])
-def test_both_product_paths_match_the_loop(
-    whole_share: float, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Wholly kept units through one product for all samples (share 0) or class by class (1),
-    the per-class products in blocks of Wᵀ's columns."""
-    from oodcache.search.methods import line
-
-    monkeypatch.setattr(line, "WHOLE_SHARE", whole_share)
-    monkeypatch.setattr(line, "BLOCK", 3)  # Wᵀ in blocks of 3, 1 classes
-    rng = np.random.default_rng(4)
-    k, d = 4, 9
-    w, b = rng.normal(size=(k, d)), rng.normal(size=k) * 0.5
-    y = np.arange(48) % k
-    train = make_split(np.abs(rng.normal(size=(48, d))), w, b, y, name="train", role="train")
-    query = make_split(rng.exponential(size=(30, d)), w, b, name="q")
-    for p_w, p_a in ((5.0, 10.0), (60.0, 30.0), (95.0, 0.0)):
-        scorer = LINe(p_w=p_w, p_a=p_a, clip_threshold=1.5)
-        scorer.fit(Stats(fit=train, id_val=query, train_split=train))
-        want = line_loop(train.features, train.labels, w, b, query.features, p_w, p_a, 1.5)
-        np.testing.assert_allclose(scorer.score(query), want, rtol=1e-5, atol=1e-6)

@@ -14,15 +14,15 @@ has no ``train`` split); τ = ``clip_percentile``-th percentile of ID-val featur
 Space: clip_percentile in [50, 99.9], p_w and p_a in [0, 99]. Masks are built per predicted class
 only (never a K×K×D tensor): M^w_c from float64 products, exactly; the clipped features, the
 masked weights and the logits are float32 (as the network). Deviations: none.
-Cost per trial (all scored splits together, ``score_all``): one head pass for ĉ; perc_{p_w} over
-each class's K·D products by exact selection (``oodcache.search.scaled_columns``: W's columns
-sorted once per study, a sampled sketch per class, exact counts) instead of a fresh K·D
-percentile, and perc_{p_a} from C's rows sorted once per study, both equal to np.percentile bit
-for bit (tests/search/test_scaled_columns.py); M^w_c as a float32 threshold per column of W
-(W[k, j] > θ_cj ⟺ |C[j, c]|·W[k, j] > t_w, exactly). Units whose weights M^w_c keeps entirely
-(every product above t_w: most of them at small p_w) go through one product for all samples;
-the others are masked and multiplied class by class on the cores (``search/parallel.py``). The
-logits' float32 sums are split differently from a per-class product: equal to float32 rounding.
+Cost per trial (all scored splits together, ``score_all``): one head pass for ĉ; perc_{p_w}
+over each class's K·D products by exact selection (``oodcache.search.scaled_columns``: W's
+columns sorted once per study, a sampled sketch per class, exact counts by binary search) instead
+of a fresh K·D percentile, and perc_{p_a} from C's rows sorted once per study, both equal to
+np.percentile bit for bit (tests/search/test_scaled_columns.py); M^w_c as one float32 threshold
+per unit (W[k, j] > θ_cj ⟺ |C[j, c]|·W[k, j] > t_w, exactly; θ_cj = +inf outside m^a_c); then
+the masked products and their energy class by class in compiled loops that mask W in registers
+(``oodcache.search.masked_products``). The logits' float32 sums are split differently from a
+per-class BLAS product: equal to float32 rounding.
 """
 
 from __future__ import annotations
@@ -38,29 +38,19 @@ import optuna
 from oodcache.cache import Split
 from oodcache.search import scaled_columns
 from oodcache.search.base import PERCENT, CacheInfo, Scorer, Stats
+from oodcache.search.masked_products import class_scores
 from oodcache.search.ops import (
     FloatArray,
     as_score,
     derive,
     feature_percentile,
-    logsumexp,
     percentile_of_sorted,
     readonly,
 )
-from oodcache.search.parallel import parallel_map, single_blas, workers
 from oodcache.search.scaled_columns import Sketch, SortedColumns, column_thresholds
 from oodcache.search.settings import Setting
 
 log = logging.getLogger(__name__)
-
-#: share of (class, unit) pairs whose weights M^w keeps entirely above which they go through one
-#: product for all samples (below it that product would cost more than it saves)
-WHOLE_SHARE = 0.25
-#: share of units below which a class's masked rows of Wᵀ are copied out, not masked in place
-TAKE_SHARE = 0.5
-#: classes per block of Wᵀ in the per-class masked products (a (D, BLOCK) float32 block is 2 MB
-#: at D = 2,048: with its mask it stays in a core's cache)
-BLOCK = 256
 
 
 def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -94,27 +84,19 @@ class LineTables:
     contribution_sorted: np.ndarray
     columns: SortedColumns
     sketch: Sketch
-    weight_t: np.ndarray
-    #: Wᵀ in column blocks of BLOCK classes, each contiguous (a class's mask and product run
-    #: block by block in the CPU cache), and the classes of each block
-    weight_blocks: tuple[np.ndarray, ...]
-    block_columns: tuple[slice, ...]
+    weight: np.ndarray
 
     @classmethod
     def build(cls, train: Split) -> LineTables:
         contribution = contributions(train)
         scales = readonly(np.abs(contribution))
-        k = train.weight.shape[0]
-        columns = tuple(slice(c, min(c + BLOCK, k)) for c in range(0, k, BLOCK))
         return cls(
             contribution,
             scales,
             readonly(np.sort(contribution, axis=1)),
             SortedColumns.build(train.weight),
             Sketch.build(scales, train.weight),
-            readonly(np.ascontiguousarray(train.weight.T)),
-            tuple(readonly(np.ascontiguousarray(train.weight[c].T)) for c in columns),
-            columns,
+            readonly(np.ascontiguousarray(train.weight, np.float32)),
         )
 
     def thresholds(
@@ -198,50 +180,7 @@ class LINe(Scorer):
         classes, starts, counts = np.unique(pred[order], return_index=True, return_counts=True)
         tables = self.tables_
         t_w, units = tables.thresholds(classes, self.p_w, self.p_a)
-        # per class, the units (rows of Wᵀ) whose weights M^w keeps entirely (every product
-        # above t_w) and those it keeps in part. When the whole ones are many (small p_w), they
-        # go through one product for all samples and only the others class by class.
-        scales = tables.scales[classes]
-        smallest, largest = tables.columns.extremes(scales)
-        whole = units & (smallest > t_w[:, None])
-        some = units & (largest > t_w[:, None])
-        grouped = clipped[order]  # h̄, rows grouped by predicted class
-        weight_t = tables.weight_t
-        if whole.mean() > WHOLE_SHARE:
-            some &= ~whole
-            logits = (grouped * whole[np.repeat(np.arange(len(classes)), counts)]) @ weight_t
-        else:
-            logits = np.zeros((len(pred), weight_t.shape[1]), np.float32)
-
-        def add_partial_units(part: np.ndarray) -> None:
-            d, width = weight_t.shape[0], tables.weight_blocks[0].shape[1]
-            keep = np.empty((d, width), bool)
-            masked = np.empty((d, width), np.float32)
-            for i in part:
-                rows = slice(starts[i], starts[i] + counts[i])
-                units_i = np.flatnonzero(some[i])
-                if units_i.size == 0:
-                    continue
-                few = units_i.size < TAKE_SHARE * d  # then copy their rows of Wᵀ
-                if few:
-                    n, h = units_i.size, grouped[rows][:, units_i]
-                    theta = column_thresholds(scales[i, units_i], t_w[i])
-                else:  # mask all of Wᵀ, the other units' θ = +inf
-                    n, h = d, grouped[rows] * some[i]
-                    theta = np.full(d, np.inf, np.float32)
-                    theta[units_i] = column_thresholds(scales[i, units_i], t_w[i])
-                part_logits = np.empty((counts[i], weight_t.shape[1]), np.float32)
-                for block, cols in zip(tables.weight_blocks, tables.block_columns, strict=True):
-                    w_t = block[units_i] if few else block  # (n, width) of Wᵀ, in cache
-                    m = w_t.shape[1]
-                    np.greater(w_t, theta[:, None], out=keep[:n, :m])  # M^w (exact, see θ)
-                    np.multiply(w_t, keep[:n, :m], out=masked[:n, :m])
-                    np.matmul(h, masked[:n, :m], out=part_logits[:, cols])
-                logits[rows] += part_logits
-
-        with single_blas():
-            parallel_map(add_partial_units, np.array_split(np.arange(len(classes)), workers()))
-        logits += bias
-        out = np.empty(len(pred), np.float64)
-        out[order] = logsumexp(logits)
+        theta = column_thresholds(tables.scales[classes], t_w[:, None])
+        theta[~units] = np.inf  # a unit outside m^a_c: all its weights masked
+        out = class_scores(tables.weight, bias, clipped, order, starts, counts, theta)
         return [as_score(out[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
