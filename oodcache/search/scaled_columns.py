@@ -37,7 +37,7 @@ _INF32 = np.float32(np.inf)
 _DOWN = np.float32(-np.inf)
 
 #: largest bracket (entries) formed and sorted; wider ones are bisected first
-BAND = 512
+BAND = 4096
 #: spacing of the coarse copy of each sorted column (SortedColumns.coarse)
 STRIDE = 32
 #: sample values counted per pass over the columns (the bracket shrinks PIVOTS + 1 times)
@@ -134,7 +134,14 @@ def column_thresholds(a: np.ndarray, t: float | np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- selection
 @njit(nogil=True, cache=True)
 def _search(col, a, v, left, right):
-    """#{k : fl(a·col[k]) <= v} of a sorted ``col``, known to lie in [left, right]."""
+    """#{k : fl(a·col[k]) <= v} of a sorted ``col``, known to lie in [left, right]. The ends are
+    tried first (two independent loads): a column wholly on one side needs no search."""
+    if left == right or a * float(col[left]) > v:
+        return left
+    if a * float(col[right - 1]) <= v:
+        return right
+    left += 1
+    right -= 1
     while left < right:
         mid = (left + right) >> 1
         if a * float(col[mid]) <= v:
@@ -228,9 +235,9 @@ def _select(scales, columns, sketch, sketch_rows, rows, first, last, band, z, ou
             for p in range(pos_lo[j], pos_hi[j]):
                 band_values[at] = a[j] * float(columns[j, p])
                 at += 1
-        band_values.sort()
-        out[r, 0] = band_values[first - c_lo]
-        out[r, 1] = band_values[last - c_lo]
+        picked = np.partition(band_values, np.array([first - c_lo, last - c_lo]))
+        out[r, 0] = picked[first - c_lo]
+        out[r, 1] = picked[last - c_lo]
 
 
 def order_statistics(
