@@ -95,29 +95,33 @@ def _bisect(a: float, t: float) -> np.float32:
 
 
 @njit(nogil=True, cache=True)
-def _thresholds(a: np.ndarray, t: np.ndarray, out: np.ndarray) -> None:
-    """out[i] = the largest float32 x with fl(a[i]·x) <= t[i] (flat arrays; see the caller)."""
+def _threshold(a, t):
+    """The largest float32 x with fl(a·x) <= t (a >= 0; see column_thresholds)."""
     inf, top = np.float32(np.inf), np.float32(F32_MAX)
-    for i in range(a.shape[0]):
-        ai, ti = a[i], t[i]
-        if not ai > 0:  # a = 0: every product is ±0, kept iff 0 > t
-            out[i] = inf if ti >= 0 else -inf
+    if not a > 0:  # a = 0: every product is ±0, kept iff 0 > t
+        return inf if t >= 0 else -inf
+    guess = t / a
+    guess = 0.0 if math.isnan(guess) else min(max(guess, -float(top)), float(top))
+    theta = np.float32(guess)
+    for _ in range(3):  # the guess is within an ulp or two; each pass moves one ulp
+        if a * float(theta) > t:
+            theta = np.nextafter(theta, -inf)
             continue
-        guess = ti / ai
-        guess = 0.0 if math.isnan(guess) else min(max(guess, -float(top)), float(top))
-        theta = np.float32(guess)
-        settled = False
-        for _ in range(3):  # the guess is within an ulp or two; each pass moves one ulp
-            if ai * float(theta) > ti:
-                theta = np.nextafter(theta, -inf)
-                continue
-            up = np.nextafter(theta, inf)
-            if theta < top and ai * float(up) <= ti:
-                theta = up
-                continue
-            settled = True
-            break
-        out[i] = theta if settled else _bisect(ai, ti)
+        up = np.nextafter(theta, inf)
+        if theta < top and a * float(up) <= t:
+            theta = up
+            continue
+        return theta
+    return _bisect(a, t)
+
+
+@njit(nogil=True, cache=True)
+def _thresholds(a, t, rows, todo, out):
+    """out[i, j] = _threshold(a[rows[i], j], t[i]) for i in ``todo``."""
+    for i in todo:
+        ai, ti = a[rows[i]], t[i]
+        for j in range(a.shape[1]):
+            out[i, j] = _threshold(ai[j], ti)
 
 
 def column_thresholds(a: np.ndarray, t: float | np.ndarray) -> np.ndarray:
@@ -126,9 +130,19 @@ def column_thresholds(a: np.ndarray, t: float | np.ndarray) -> np.ndarray:
     row of a 2-D ``a``, shape (R, 1)): θ is the largest float32 x with fl(a·x) <= t (−inf when
     there is none, so every entry passes; +inf where a = 0 and t >= 0)."""
     a64, t64 = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(t, np.float64))
-    out = np.empty(a64.size, np.float32)
-    _thresholds(np.ascontiguousarray(a64).ravel(), np.ascontiguousarray(t64).ravel(), out)
+    flat_a, flat_t = np.ascontiguousarray(a64).reshape(-1, 1), np.ascontiguousarray(t64).ravel()
+    out = np.empty((flat_a.size, 1), np.float32)
+    _thresholds(flat_a, flat_t, np.arange(flat_a.size), np.arange(flat_a.size), out)
     return out.reshape(a64.shape)
+
+
+def row_thresholds(scales: np.ndarray, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(R, D) float32: row i is ``column_thresholds(scales[rows[i]], t[i])``, on the pool."""
+    scales = np.ascontiguousarray(scales, np.float64)
+    rows, t = np.asarray(rows, np.int64), np.ascontiguousarray(t, np.float64)
+    out = np.empty((len(rows), scales.shape[1]), np.float32)
+    parallel_map(lambda part: _thresholds(scales, t, rows, part, out), _parts(len(rows)))
+    return out
 
 
 # --------------------------------------------------------------------------- selection
@@ -178,8 +192,9 @@ def _count_both(a, columns, v_lo, v_hi, out_lo, out_hi):
 
 
 @njit(nogil=True, cache=True)
-def _select(scales, columns, sketch, sketch_rows, rows, first, last, band, z, out):
-    """out[r] = the entries at 0-based ranks (first, last) of row r's products, for r in rows.
+def _select(scales, columns, sketch, rows, todo, first, last, band, z, out):
+    """out[i] = the entries at 0-based ranks (first, last) of the products of row rows[i] of
+    ``scales`` (its sample: the same row of ``sketch``), for i in ``todo``.
     The sample's values bracket the ranks (checked by exact counts; a miss goes to ±inf), a
     bisection over the sample's values inside the bracket narrows it (exact counts again) to
     at most ``band`` entries, and those are formed and sorted."""
@@ -192,9 +207,9 @@ def _select(scales, columns, sketch, sketch_rows, rows, first, last, band, z, ou
     f_lo, f_hi = (first + 0.5) / n, (last + 0.5) / n
     i_lo0 = max(-1, int(np.floor(f_lo * m - (z * np.sqrt(m * f_lo * (1 - f_lo)) + 2))))
     i_hi0 = min(m, int(np.ceil(f_hi * m + (z * np.sqrt(m * f_hi * (1 - f_hi)) + 2))))
-    for r in rows:
-        a = scales[r]
-        sk = sketch[sketch_rows[r]]
+    for r in todo:
+        a = scales[rows[r]]
+        sk = sketch[rows[r]]
         i_lo, i_hi = i_lo0, i_hi0
         v_lo, v_hi = sk[i_lo] if i_lo >= 0 else -inf, sk[i_hi] if i_hi < m else inf
         c_lo, c_hi = _count_both(a, columns, v_lo, v_hi, pos_lo, pos_hi)
@@ -245,28 +260,29 @@ def order_statistics(
     table: SortedColumns,
     sketch: np.ndarray,
     ranks: tuple[int, ...],
-    sketch_rows: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(R, len(ranks)): for each row a of ``scales`` (R, D), the entries of P = a ⊙ W (float64)
-    at the given 0-based ascending ``ranks`` (one, or two adjacent), exactly: equal to
-    ``np.sort((a[:, None]·W.T).ravel())[list(ranks)]``. ``sketch`` (R, m) holds the rows'
-    sorted sample values (:class:`Sketch`): it only proposes where to look; exact counts check
-    and narrow the bracket, and the entries inside the final one are formed and sorted. Rows
-    run on the pool's threads. ``sketch_rows``: the rows of ``sketch`` that belong to
-    ``scales``' rows (default: all, in order), so that a subset of classes needs no copy."""
+    """(R, len(ranks)): for each row a of ``scales`` (or each of the given ``rows``), the
+    entries of P = a ⊙ W (float64) at the given 0-based ascending ``ranks`` (one, or two
+    adjacent), exactly: equal to ``np.sort((a[:, None]·W.T).ravel())[list(ranks)]``.
+    ``sketch`` holds each row's sorted sample values (:class:`Sketch`): it only proposes where
+    to look; exact counts check and narrow the bracket, and the entries inside the final one
+    are formed and partitioned. Rows run on the pool's threads."""
     scales = np.ascontiguousarray(scales, np.float64)
-    rows = len(scales)
-    if sketch_rows is None:
-        sketch_rows = np.arange(rows)
-    out = np.empty((rows, 2))
+    rows = np.arange(len(scales)) if rows is None else np.asarray(rows, np.int64)
+    out = np.empty((len(rows), 2))
     first, last = ranks[0], ranks[-1]
-    args = (table.columns, sketch, np.asarray(sketch_rows, np.int64))
 
     def run(part: np.ndarray) -> None:
-        _select(scales, *args, part, first, last, BAND, _Z, out)
+        _select(scales, table.columns, sketch, rows, part, first, last, BAND, _Z, out)
 
-    parallel_map(run, np.array_split(np.arange(rows), min(rows, 4 * workers())))
+    parallel_map(run, _parts(len(rows)))
     return out[:, : len(ranks)]
+
+
+def _parts(n: int) -> list[np.ndarray]:
+    """0..n-1 in a few runs for the pool's threads."""
+    return np.array_split(np.arange(n), max(1, min(n, 4 * workers())))
 
 
 @dataclass(frozen=True)
@@ -295,11 +311,12 @@ def percentiles(
     table: SortedColumns,
     sketch: np.ndarray,
     q: float,
-    sketch_rows: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(R,): row r is ``np.percentile(scales[r][None, :] * W64, q)`` (linear), bit for bit."""
+    """(R,): row r is ``np.percentile(scales[r][None, :] * W64, q)`` (linear), bit for bit, for
+    every row of ``scales`` or the given ``rows``."""
     k, d = table.shape
-    stats = order_statistics(scales, table, sketch, percentile_ranks(k * d, q), sketch_rows)
+    stats = order_statistics(scales, table, sketch, percentile_ranks(k * d, q), rows)
 
     def interpolated(row: np.ndarray) -> float:
         return percentile_of_order_statistics(k * d, q, lambda _ranks: list(row))

@@ -61,6 +61,9 @@ def test_many_rows_and_narrowing_rounds(monkeypatch: pytest.MonkeyPatch) -> None
             got = sc.percentiles(scales, table, sketch.values, q)
             want = [np.percentile(s[None, :] * w.astype(np.float64), q) for s in scales]
             assert got.tolist() == want, (band, m, q)
+            rows = np.array([8, 3, 0, 3])  # a subset of the rows (classes), in any order
+            some = sc.percentiles(scales, table, sketch.values, q, rows)
+            assert some.tolist() == [want[r] for r in rows], (band, m, q)
 
 
 @pytest.mark.parametrize("kind", range(14))
@@ -85,6 +88,9 @@ def test_thresholds_for_many_rows_match_one_by_one() -> None:
     many = sc.column_thresholds(scales, t[:, None])
     for row, (s, tr) in enumerate(zip(scales, t, strict=True)):
         np.testing.assert_array_equal(many[row], sc.column_thresholds(s, tr))
+    rows = np.array([4, 0, 4, 2])  # any rows, repeated, in any order
+    picked = sc.row_thresholds(scales, rows, t[rows])
+    np.testing.assert_array_equal(picked, many[rows])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -105,10 +105,19 @@ class LineTables:
         """For the given classes (R,): t_w = perc_{p_w} of each class's K·D products
         |C[c, j]|·W[k, j] (R,), exactly as np.percentile, and the unit masks
         m^a_c = 1[C[c] > perc_{p_a}(C[c])] (R, D) bool."""
-        scales = self.scales[classes]
-        t_w = scaled_columns.percentiles(scales, self.columns, self.sketch.values, p_w, classes)
+        t_w = scaled_columns.percentiles(
+            self.scales, self.columns, self.sketch.values, p_w, classes
+        )
         t_a = [percentile_of_sorted(self.contribution_sorted[c], p_a) for c in classes]
         return t_w, self.contribution[classes] > np.array(t_a)[:, None]
+
+    def weight_thresholds(self, classes: np.ndarray, p_w: float, p_a: float) -> np.ndarray:
+        """(R, D) float32 θ with M^w_c[k, j] ⊙ m^a_c[j] = 1[W[k, j] > θ[c, j]] for the given
+        classes: θ = column_thresholds(|C[c]|, t_w) on the units of m^a_c, +inf elsewhere."""
+        t_w, units = self.thresholds(classes, p_w, p_a)
+        theta = scaled_columns.row_thresholds(self.scales, classes, t_w)
+        theta[~units] = np.inf
+        return theta
 
 
 def line_tables(train: Split) -> LineTables:
@@ -178,9 +187,6 @@ class LINe(Scorer):
         pred = np.asarray(clipped @ weight.T + bias, np.float32).argmax(axis=1)
         order = np.argsort(pred, kind="stable")
         classes, starts, counts = np.unique(pred[order], return_index=True, return_counts=True)
-        tables = self.tables_
-        t_w, units = tables.thresholds(classes, self.p_w, self.p_a)
-        theta = column_thresholds(tables.scales[classes], t_w[:, None])
-        theta[~units] = np.inf  # a unit outside m^a_c: all its weights masked
-        out = class_scores(tables.weight, bias, clipped, order, starts, counts, theta)
+        theta = self.tables_.weight_thresholds(classes, self.p_w, self.p_a)
+        out = class_scores(self.tables_.weight, bias, clipped, order, starts, counts, theta)
         return [as_score(out[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
