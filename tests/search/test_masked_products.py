@@ -58,3 +58,20 @@ def test_parts_on_the_pool_change_nothing(monkeypatch: pytest.MonkeyPatch) -> No
     np.testing.assert_array_equal(class_scores(w, b, h, order, starts, counts, theta), together)
     want = reference(w, b, h, order, starts, counts, theta)
     np.testing.assert_allclose(together, want, rtol=1e-6, atol=1e-6)
+
+
+def test_clipped_argmax_equals_the_clipped_head() -> None:
+    """ĉ from the unclipped logits less the clip's share equals argmax of the clipped head, and
+    is declined (None) when too many entries exceed τ."""
+    rng = np.random.default_rng(5)
+    n, d, k = 300, 50, 21  # k not a multiple of 4, some samples with 0..7 entries above τ
+    h = rng.exponential(size=(n, d)).astype(np.float32)
+    w = rng.normal(size=(k, d)).astype(np.float32)
+    b = rng.normal(size=k).astype(np.float32)
+    logits = np.asarray(h @ w.T + b, np.float32)
+    tau = float(np.quantile(h, 0.9))
+    want = np.asarray(np.minimum(h, np.float32(tau)) @ w.T + b, np.float32).argmax(axis=1)
+    got = masked_products.clipped_argmax(logits, h, np.ascontiguousarray(w.T), tau)
+    assert got is not None
+    np.testing.assert_array_equal(got, want)
+    assert masked_products.clipped_argmax(logits, h, np.ascontiguousarray(w.T), 0.1) is None

@@ -38,7 +38,7 @@ import optuna
 from oodcache.cache import Split
 from oodcache.search import scaled_columns
 from oodcache.search.base import PERCENT, CacheInfo, Scorer, Stats
-from oodcache.search.masked_products import class_scores
+from oodcache.search.masked_products import class_scores, clipped_argmax
 from oodcache.search.ops import (
     FloatArray,
     as_score,
@@ -85,6 +85,7 @@ class LineTables:
     columns: SortedColumns
     sketch: Sketch
     weight: np.ndarray
+    weight_t: np.ndarray
 
     @classmethod
     def build(cls, train: Split) -> LineTables:
@@ -97,6 +98,7 @@ class LineTables:
             SortedColumns.build(train.weight),
             Sketch.build(scales, train.weight),
             readonly(np.ascontiguousarray(train.weight, np.float32)),
+            readonly(np.ascontiguousarray(train.weight.T, np.float32)),
         )
 
     def thresholds(
@@ -170,6 +172,17 @@ class LINe(Scorer):
         theta = column_thresholds(self.tables_.scales[c], t_w[0])
         return np.asarray(weight, np.float32) > theta, units[0]
 
+    def predicted(self, split: Split, clipped: np.ndarray) -> np.ndarray:
+        """ĉ = argmax(W h̄ + b) of ``split`` (h̄ = ``clipped``): from its logits W h + b, kept on
+        a prepared split, less the clip's share when few entries exceed τ
+        (``masked_products.clipped_argmax``); else by one head pass."""
+        if split.tables is not None:
+            logits = derive(split, "line head logits", lambda: split.head(split.features))
+            pred = clipped_argmax(logits, split.features, self.tables_.weight_t, self.tau_)
+            if pred is not None:
+                return pred
+        return np.asarray(clipped @ split.weight.T + split.bias, np.float32).argmax(axis=1)
+
     def score(self, split: Split) -> FloatArray:
         return self.score_all([split])[0]
 
@@ -184,7 +197,9 @@ class LINe(Scorer):
         offsets = np.cumsum([0, *sizes])
         for split, start, stop in zip(splits, offsets[:-1], offsets[1:], strict=True):
             np.minimum(split.features, np.float32(self.tau_), out=clipped[start:stop])
-        pred = np.asarray(clipped @ weight.T + bias, np.float32).argmax(axis=1)
+        pred = np.concatenate(
+            [self.predicted(s, clipped[a:b]) for s, a, b in zip(splits, offsets, offsets[1:])]
+        )
         order = np.argsort(pred, kind="stable")
         classes, starts, counts = np.unique(pred[order], return_index=True, return_counts=True)
         theta = self.tables_.weight_thresholds(classes, self.p_w, self.p_a)
