@@ -25,8 +25,8 @@ classes could resolve either way, as between any two float32 evaluations).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from oodcache.search.jit import kernel
 from oodcache.search.parallel import parallel_map, workers
 
 #: largest share of feature entries above τ for which ``clipped_argmax`` subtracts the clip's
@@ -39,7 +39,7 @@ _DOT = {"reassoc", "contract"}
 _Z32 = np.float32(0.0)
 
 
-@njit(nogil=True, cache=True, fastmath=_DOT)
+@kernel(fastmath=_DOT)
 def _tile4x4(w, k0, g0, g1, g2, g3, th, z, s):
     """z[s + i, k0 + o] = Σ_j W[k0 + o, j]·1[W > θ_j]·g_i[j] for o, i < 4."""
     w0, w1, w2, w3 = w[k0], w[k0 + 1], w[k0 + 2], w[k0 + 3]
@@ -75,7 +75,7 @@ def _tile4x4(w, k0, g0, g1, g2, g3, th, z, s):
     z[s, k0 + 3], z[s + 1, k0 + 3], z[s + 2, k0 + 3], z[s + 3, k0 + 3] = a30, a31, a32, a33
 
 
-@njit(nogil=True, cache=True, fastmath=_DOT)
+@kernel(fastmath=_DOT)
 def _tile4x1(w, k0, g0, th, z, s):
     """z[s, k0 + o] for o < 4: one sample (a class's last samples when not a multiple of 4)."""
     w0, w1, w2, w3 = w[k0], w[k0 + 1], w[k0 + 2], w[k0 + 3]
@@ -90,7 +90,7 @@ def _tile4x1(w, k0, g0, th, z, s):
     z[s, k0], z[s, k0 + 1], z[s, k0 + 2], z[s, k0 + 3] = a0, a1, a2, a3
 
 
-@njit(nogil=True, cache=True, fastmath=_DOT)
+@kernel(fastmath=_DOT)
 def _dot(w_row, g, th):
     """One output of one sample (the last outputs when K is not a multiple of 4)."""
     acc = _Z32
@@ -100,7 +100,7 @@ def _dot(w_row, g, th):
     return acc
 
 
-@njit(nogil=True, cache=True)
+@kernel
 def _class_scores(weight, bias, features, order, starts, counts, theta, todo, out):
     """out[order[s]] = logsumexp((W ⊙ 1[W > θ_i]) h̄_s + b) for the samples s of each group i in
     ``todo`` (rows order[starts[i]:starts[i] + counts[i]] of ``features``)."""
@@ -133,20 +133,20 @@ def _class_scores(weight, bias, features, order, starts, counts, theta, todo, ou
             out[order[r0 + s]] = float(top) + np.log(total)
 
 
-@njit(nogil=True, cache=True, fastmath=_DOT)
+@kernel(fastmath=_DOT)
 def _subtract4(row, e0, e1, e2, e3, w0, w1, w2, w3):
     """row −= e0·w0 + e1·w1 + e2·w2 + e3·w3 (one load and store of ``row`` for four rows)."""
     for o in range(row.shape[0]):
         row[o] -= e0 * w0[o] + e1 * w1[o] + e2 * w2[o] + e3 * w3[o]
 
 
-@njit(nogil=True, cache=True, fastmath=_DOT)
+@kernel(fastmath=_DOT)
 def _subtract1(row, e0, w0):
     for o in range(row.shape[0]):
         row[o] -= e0 * w0[o]
 
 
-@njit(nogil=True, cache=True)
+@kernel
 def _clipped_argmax(logits, features, weight_t, tau, todo, out):
     """out[i] = argmax(logits[i] − Σ_{j : h_ij > τ} (h_ij − τ)·Wᵀ[j]) for i in ``todo``."""
     d = features.shape[1]
@@ -167,12 +167,12 @@ def _clipped_argmax(logits, features, weight_t, tau, todo, out):
             w2, w3 = weight_t[units[q + 2]], weight_t[units[q + 3]]
             _subtract4(row, excess[q], excess[q + 1], excess[q + 2], excess[q + 3], w0, w1, w2, w3)
             q += 4
-        for q in range(q, n):
-            _subtract1(row, excess[q], weight_t[units[q]])
+        for rest in range(q, n):
+            _subtract1(row, excess[rest], weight_t[units[rest]])
         out[i] = np.argmax(row)
 
 
-@njit(nogil=True, cache=True)
+@kernel
 def _share_above(features, tau):
     """The share of entries of ``features`` above ``tau``."""
     above = 0

@@ -27,8 +27,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
+from oodcache.search.jit import kernel
 from oodcache.search.ops import percentile_of_order_statistics, percentile_ranks
 from oodcache.search.parallel import parallel_map, workers
 
@@ -71,7 +71,7 @@ class SortedColumns:
 
 
 # --------------------------------------------------------------------------- θ per column
-@njit(nogil=True, cache=True)
+@kernel
 def _bisect(a: float, t: float) -> np.float32:
     """The largest float32 x <= F32_MAX with fl(a·x) <= t, by bisection over float32's order
     (a > 0): for the rare entries whose products overflow, where ulp steps do not settle."""
@@ -94,7 +94,7 @@ def _bisect(a: float, t: float) -> np.float32:
     return np.float32(value(lo))
 
 
-@njit(nogil=True, cache=True)
+@kernel
 def _threshold(a, t):
     """The largest float32 x with fl(a·x) <= t (a >= 0; see column_thresholds)."""
     inf, top = np.float32(np.inf), np.float32(F32_MAX)
@@ -115,7 +115,7 @@ def _threshold(a, t):
     return _bisect(a, t)
 
 
-@njit(nogil=True, cache=True)
+@kernel
 def _thresholds(a, t, rows, todo, out):
     """out[i, j] = _threshold(a[rows[i], j], t[i]) for i in ``todo``."""
     for i in todo:
@@ -146,7 +146,7 @@ def row_thresholds(scales: np.ndarray, rows: np.ndarray, t: np.ndarray) -> np.nd
 
 
 # --------------------------------------------------------------------------- selection
-@njit(nogil=True, cache=True)
+@kernel
 def _search(col, a, v, left, right):
     """#{k : fl(a·col[k]) <= v} of a sorted ``col``, known to lie in [left, right]. The ends are
     tried first (two independent loads): a column wholly on one side needs no search."""
@@ -165,7 +165,7 @@ def _search(col, a, v, left, right):
     return left
 
 
-@njit(nogil=True, cache=True)
+@kernel
 def _count(a, columns, v, lo, hi, active, out):
     """Σ_j #{k : fl(a_j·W_sorted[j, k]) <= v} - Σ_j lo[j] over the ``active`` columns j, each
     searched only in [lo[j], hi[j]] (all entries below lo[j] are known <= v, all from hi[j] on
@@ -177,7 +177,7 @@ def _count(a, columns, v, lo, hi, active, out):
     return total
 
 
-@njit(nogil=True, cache=True)
+@kernel
 def _count_both(a, columns, v_lo, v_hi, out_lo, out_hi):
     """``_count`` of two values v_lo <= v_hi over whole columns, in one pass (the second search
     starts where the first ended, in cache)."""
@@ -191,7 +191,7 @@ def _count_both(a, columns, v_lo, v_hi, out_lo, out_hi):
     return total_lo, total_hi
 
 
-@njit(nogil=True, cache=True)
+@kernel
 def _select(scales, columns, sketch, rows, todo, first, last, band, z, out):
     """out[i] = the entries at 0-based ranks (first, last) of the products of row rows[i] of
     ``scales`` (its sample: the same row of ``sketch``), for i in ``todo``.

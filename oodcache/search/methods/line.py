@@ -197,9 +197,8 @@ class LINe(Scorer):
         offsets = np.cumsum([0, *sizes])
         for split, start, stop in zip(splits, offsets[:-1], offsets[1:], strict=True):
             np.minimum(split.features, np.float32(self.tau_), out=clipped[start:stop])
-        pred = np.concatenate(
-            [self.predicted(s, clipped[a:b]) for s, a, b in zip(splits, offsets, offsets[1:])]
-        )
+        bounds = zip(splits, offsets[:-1], offsets[1:], strict=True)
+        pred = np.concatenate([self.predicted(s, clipped[a:b]) for s, a, b in bounds])
         order = np.argsort(pred, kind="stable")
         classes, starts, counts = np.unique(pred[order], return_index=True, return_counts=True)
         theta = self.tables_.weight_thresholds(classes, self.p_w, self.p_a)
