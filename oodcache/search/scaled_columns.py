@@ -42,7 +42,6 @@ BAND = 4096
 STRIDE = 32
 #: sample values counted per pass over the columns (the bracket shrinks PIVOTS + 1 times)
 PIVOTS = 1
-_Z = 4.5  # half-width of the first bracket, in binomial standard deviations of the sample
 
 
 @dataclass(frozen=True)
@@ -178,51 +177,46 @@ def _count(a, columns, v, lo, hi, active, out):
 
 
 @kernel
-def _count_both(a, columns, v_lo, v_hi, out_lo, out_hi):
-    """``_count`` of two values v_lo <= v_hi over whole columns, in one pass (the second search
-    starts where the first ended, in cache)."""
-    total_lo = total_hi = 0
-    k = columns.shape[1]
-    for j in range(columns.shape[0]):
-        out_lo[j] = _search(columns[j], a[j], v_lo, 0, k)
-        out_hi[j] = _search(columns[j], a[j], v_hi, out_lo[j], k)
-        total_lo += out_lo[j]
-        total_hi += out_hi[j]
-    return total_lo, total_hi
-
-
-@kernel
-def _select(scales, columns, sketch, rows, todo, first, last, band, z, out):
+def _select(
+    scales, columns, sketch, rungs, rung_positions, rung_counts, rows, todo, first, last, band, out
+):
     """out[i] = the entries at 0-based ranks (first, last) of the products of row rows[i] of
-    ``scales`` (its sample: the same row of ``sketch``), for i in ``todo``.
-    The sample's values bracket the ranks (checked by exact counts; a miss goes to ±inf), a
-    bisection over the sample's values inside the bracket narrows it (exact counts again) to
-    at most ``band`` entries, and those are formed and sorted."""
+    ``scales`` (its sample: the same row of ``sketch`` and of the rung tables), for i in
+    ``todo``. The two rungs around the ranks bracket them (their per-column counts are stored);
+    a bisection over the sample's values between the rungs narrows the bracket (exact counts:
+    a binary search per column, only in the columns with entries inside) to at most ``band``
+    entries, which are formed and partitioned."""
     d, k = columns.shape
     n, m = k * d, sketch.shape[1]
     pos_lo = np.empty(d, np.int64)
     pos_hi = np.empty(d, np.int64)
     probe = np.empty(d, np.int64)
     inf = np.inf
-    f_lo, f_hi = (first + 0.5) / n, (last + 0.5) / n
-    i_lo0 = max(-1, int(np.floor(f_lo * m - (z * np.sqrt(m * f_lo * (1 - f_lo)) + 2))))
-    i_hi0 = min(m, int(np.ceil(f_hi * m + (z * np.sqrt(m * f_hi * (1 - f_hi)) + 2))))
     for r in todo:
-        a = scales[rows[r]]
-        sk = sketch[rows[r]]
-        i_lo, i_hi = i_lo0, i_hi0
-        v_lo, v_hi = sk[i_lo] if i_lo >= 0 else -inf, sk[i_hi] if i_hi < m else inf
-        c_lo, c_hi = _count_both(a, columns, v_lo, v_hi, pos_lo, pos_hi)
-        if c_lo > first:  # the sample's bracket missed (rare): start from below everything
-            i_lo, c_lo = -1, 0
-            pos_lo[:] = 0
-        if c_hi <= last:
-            i_hi, c_hi = m, n
-            pos_hi[:] = k
+        row = rows[r]
+        a = scales[row]
+        sk = sketch[row]
+        i_lo, c_lo, i_hi, c_hi = -1, 0, m, n  # below and above every entry
+        pos_lo[:] = 0
+        pos_hi[:] = k
         split = False
+        for rung in range(len(rungs)):
+            c = rung_counts[row, rung]
+            if c <= first:
+                i_lo, c_lo = rungs[rung], c
+                pos_lo[:] = rung_positions[row, rung]
+            elif c > last:
+                i_hi, c_hi = rungs[rung], c
+                pos_hi[:] = rung_positions[row, rung]
+                break
+            else:  # first < c <= last: the two ranks straddle this rung's value
+                probe[:] = rung_positions[row, rung]
+                split = True
+                break
         active = np.flatnonzero(pos_lo < pos_hi)  # the columns with entries in the bracket
-        probe[:] = pos_lo
-        while c_hi - c_lo > band and i_hi - i_lo > 1:
+        if not split:
+            probe[:] = pos_lo
+        while not split and c_hi - c_lo > band and i_hi - i_lo > 1:
             mid = (i_lo + i_hi) >> 1
             c = c_lo + _count(a, columns, sk[mid], pos_lo, pos_hi, active, probe)
             if c <= first:
@@ -244,13 +238,13 @@ def _select(scales, columns, sketch, rows, todo, first, last, band, z, out):
                     above = min(above, a[j] * float(columns[j, probe[j]]))
             out[r, 0], out[r, 1] = below, above
             continue
-        band_values = np.empty(c_hi - c_lo, np.float64)
+        inside = np.empty(c_hi - c_lo, np.float64)
         at = 0
         for j in range(d):
             for p in range(pos_lo[j], pos_hi[j]):
-                band_values[at] = a[j] * float(columns[j, p])
+                inside[at] = a[j] * float(columns[j, p])
                 at += 1
-        picked = np.partition(band_values, np.array([first - c_lo, last - c_lo]))
+        picked = np.partition(inside, np.array([first - c_lo, last - c_lo]))
         out[r, 0] = picked[first - c_lo]
         out[r, 1] = picked[last - c_lo]
 
@@ -258,23 +252,36 @@ def _select(scales, columns, sketch, rows, todo, first, last, band, z, out):
 def order_statistics(
     scales: np.ndarray,
     table: SortedColumns,
-    sketch: np.ndarray,
+    sketch: Sketch,
     ranks: tuple[int, ...],
     rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """(R, len(ranks)): for each row a of ``scales`` (or each of the given ``rows``), the
     entries of P = a ⊙ W (float64) at the given 0-based ascending ``ranks`` (one, or two
     adjacent), exactly: equal to ``np.sort((a[:, None]·W.T).ravel())[list(ranks)]``.
-    ``sketch`` holds each row's sorted sample values (:class:`Sketch`): it only proposes where
-    to look; exact counts check and narrow the bracket, and the entries inside the final one
-    are formed and partitioned. Rows run on the pool's threads."""
+    ``sketch`` (:class:`Sketch`, built for these scales and this table) only decides where to
+    look: exact counts narrow its bracket, and the entries inside the final one are formed and
+    partitioned. Rows run on the pool's threads."""
     scales = np.ascontiguousarray(scales, np.float64)
     rows = np.arange(len(scales)) if rows is None else np.asarray(rows, np.int64)
     out = np.empty((len(rows), 2))
     first, last = ranks[0], ranks[-1]
 
     def run(part: np.ndarray) -> None:
-        _select(scales, table.columns, sketch, rows, part, first, last, BAND, _Z, out)
+        _select(
+            scales,
+            table.columns,
+            sketch.values,
+            sketch.rungs,
+            sketch.rung_positions,
+            sketch.rung_counts,
+            rows,
+            part,
+            first,
+            last,
+            BAND,
+            out,
+        )
 
     parallel_map(run, _parts(len(rows)))
     return out[:, : len(ranks)]
@@ -287,29 +294,69 @@ def _parts(n: int) -> list[np.ndarray]:
 
 @dataclass(frozen=True)
 class Sketch:
-    """The values of P = a ⊙ W at ``m`` fixed random positions, sorted, for each row of A (R, D):
-    ``values`` (R, m) float64. Only a guide for where an order statistic lies."""
+    """For each row a of A (R, D): the values of P = a ⊙ W at ``m`` fixed random entries, sorted
+    (``values``, (R, m) float64), and at every ``step``-th of them (the ``rungs``, sample
+    indices) the exact count of P's entries at or below, per column (``rung_positions``,
+    (R, rungs, D)) and in all (``rung_counts``, (R, rungs)). Two rungs bracket any rank, with
+    about K·D·step/m entries between them; the sample's values between two rungs guide the
+    rest of the search."""
 
     values: np.ndarray
+    rungs: np.ndarray
+    rung_positions: np.ndarray
+    rung_counts: np.ndarray
 
     @classmethod
     def build(
-        cls, scales: np.ndarray, weight: np.ndarray, m: int = 16384, seed: int = 0
+        cls,
+        scales: np.ndarray,
+        table: SortedColumns,
+        m: int = 16384,
+        step: int = 256,
+        seed: int = 0,
     ) -> Sketch:
-        k, d = weight.shape
+        scales = np.ascontiguousarray(scales, np.float64)
+        k, d = table.shape
         rng = np.random.default_rng(seed)
         flat = rng.choice(k * d, size=min(m, k * d), replace=False)
-        rows, cols = np.divmod(flat, d)
-        w = np.asarray(weight, np.float64)[rows, cols]
-        values = np.sort(np.asarray(scales, np.float64)[:, cols] * w[None, :], axis=1)
-        values.flags.writeable = False
-        return cls(values)
+        cols, places = np.divmod(flat, k)  # entries of the sorted columns: any entries of W
+        w = table.columns[cols, places].astype(np.float64)
+        values = np.sort(scales[:, cols] * w[None, :], axis=1)
+        rungs = np.arange(0, values.shape[1], max(1, step))
+        positions = np.empty((len(scales), len(rungs), d), np.uint16 if k < 2**16 else np.int64)
+        counts = np.empty((len(scales), len(rungs)), np.int64)
+        parallel_map(
+            lambda part: _rung_positions(
+                scales, table.columns, values, rungs, part, positions, counts
+            ),
+            _parts(len(scales)),
+        )
+        for array in (values, rungs, positions, counts):
+            array.flags.writeable = False
+        return cls(values, rungs, positions, counts)
+
+
+@kernel
+def _rung_positions(scales, columns, values, rungs, todo, positions, counts):
+    """positions[r, i, j] = #{k : fl(scales[r, j]·W_sorted[j, k]) <= values[r, rungs[i]]} and
+    counts[r, i] their sum over j, for r in ``todo`` (a merge of each column with the rungs)."""
+    d, k = columns.shape
+    for r in todo:
+        counts[r, :] = 0
+        for j in range(d):
+            aj, col, p = scales[r, j], columns[j], 0
+            for i in range(len(rungs)):
+                v = values[r, rungs[i]]
+                while p < k and aj * float(col[p]) <= v:
+                    p += 1
+                positions[r, i, j] = p
+                counts[r, i] += p
 
 
 def percentiles(
     scales: np.ndarray,
     table: SortedColumns,
-    sketch: np.ndarray,
+    sketch: Sketch,
     q: float,
     rows: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -324,6 +371,6 @@ def percentiles(
     return np.array([interpolated(row) for row in stats])
 
 
-def percentile(a: np.ndarray, table: SortedColumns, sample: np.ndarray, q: float) -> float:
-    """``np.percentile(a[None, :] * W64, q)`` for one row ``a`` (D,) and its sketch row."""
-    return float(percentiles(a[None, :], table, sample[None, :], q)[0])
+def percentile(a: np.ndarray, table: SortedColumns, sketch: Sketch, q: float) -> float:
+    """``np.percentile(a[None, :] * W64, q)`` for one row ``a`` (D,), its sketch of one row."""
+    return float(percentiles(a[None, :], table, sketch, q)[0])

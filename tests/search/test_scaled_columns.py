@@ -36,33 +36,34 @@ def test_percentile_equals_numpy_bit_for_bit(kind: int) -> None:
     k, d = int(rng.integers(1, 30)), int(rng.integers(1, 40))
     w, a = awkward(rng, k, d, kind)
     table = sc.SortedColumns.build(w)
-    sketch = sc.Sketch.build(a[None, :], w, m=int(rng.integers(1, 64)), seed=kind)
+    m = int(rng.integers(1, 64))
+    sketch = sc.Sketch.build(a[None, :], table, m=m, step=int(rng.integers(1, m + 1)), seed=kind)
     products = a[None, :] * w.astype(np.float64)
     for q in QS:
         want = np.percentile(products, q)
-        got = sc.percentile(a, table, sketch.values[0], q)
+        got = sc.percentile(a, table, sketch, q)
         assert got == want, (q, got, want)
 
 
 def test_many_rows_and_narrowing_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A small BAND forces the bisection (and ranks straddling a sample value); a tiny sketch
-    forces brackets that miss; a huge BAND sorts the first bracket whole; a sample of every
-    entry makes the bisection land on the wanted entries themselves."""
+    """A small BAND forces the bisection between rungs (and ranks straddling a sample value); a
+    tiny sketch gives wide brackets; a huge BAND partitions the rungs' bracket whole; a sample
+    of every entry makes rungs and bisection land on the wanted entries themselves."""
     rng = np.random.default_rng(7)
     k, d, r = 60, 50, 9
     w = rng.normal(0, 1, (k, d)).astype(np.float32)
     scales = np.abs(rng.normal(0, 1, (r, d)))
     scales[3] = 0.0  # a class whose products are all zero
     table = sc.SortedColumns.build(w)
-    for band, m in ((16, 512), (64, 5), (1 << 20, 40), (4, k * d)):
+    for band, m, step in ((16, 512, 64), (64, 5, 2), (1 << 20, 40, 40), (4, k * d, 300)):
         monkeypatch.setattr(sc, "BAND", band)
-        sketch = sc.Sketch.build(scales, w, m=m)
+        sketch = sc.Sketch.build(scales, table, m=m, step=step)
         for q in QS:
-            got = sc.percentiles(scales, table, sketch.values, q)
+            got = sc.percentiles(scales, table, sketch, q)
             want = [np.percentile(s[None, :] * w.astype(np.float64), q) for s in scales]
             assert got.tolist() == want, (band, m, q)
             rows = np.array([8, 3, 0, 3])  # a subset of the rows (classes), in any order
-            some = sc.percentiles(scales, table, sketch.values, q, rows)
+            some = sc.percentiles(scales, table, sketch, q, rows)
             assert some.tolist() == [want[r] for r in rows], (band, m, q)
 
 
@@ -104,3 +105,19 @@ def test_percentile_of_sorted_equals_numpy(dtype: type) -> None:
         ordered = np.sort(x)
         for q in [*QS, 12.345678, 87.654321, 50.00001]:
             assert percentile_of_sorted(ordered, q) == float(np.percentile(x, q)), (n, q)
+
+
+def test_sketch_rungs_count_exactly() -> None:
+    rng = np.random.default_rng(11)
+    w, _ = awkward(rng, 40, 30, 12)  # ties and zeros
+    scales = np.abs(rng.normal(0, 1, (3, 30)))
+    scales[1, ::4] = 0.0
+    sketch = sc.Sketch.build(scales, sc.SortedColumns.build(w), m=200, step=7)
+    assert sketch.rungs.tolist() == list(range(0, 200, 7))
+    for r, a in enumerate(scales):
+        products = a[None, :] * w.astype(np.float64)
+        assert (np.diff(sketch.values[r]) >= 0).all()
+        for i, rung in enumerate(sketch.rungs):
+            below = (products <= sketch.values[r, rung]).sum(axis=0)
+            np.testing.assert_array_equal(sketch.rung_positions[r, i], below)
+            assert sketch.rung_counts[r, i] == below.sum()

@@ -91,12 +91,13 @@ class LineTables:
     def build(cls, train: Split) -> LineTables:
         contribution = contributions(train)
         scales = readonly(np.abs(contribution))
+        columns = SortedColumns.build(train.weight)
         return cls(
             contribution,
             scales,
             readonly(np.sort(contribution, axis=1)),
-            SortedColumns.build(train.weight),
-            Sketch.build(scales, train.weight),
+            columns,
+            Sketch.build(scales, columns),
             readonly(np.ascontiguousarray(train.weight, np.float32)),
             readonly(np.ascontiguousarray(train.weight.T, np.float32)),
         )
@@ -107,9 +108,7 @@ class LineTables:
         """For the given classes (R,): t_w = perc_{p_w} of each class's K·D products
         |C[c, j]|·W[k, j] (R,), exactly as np.percentile, and the unit masks
         m^a_c = 1[C[c] > perc_{p_a}(C[c])] (R, D) bool."""
-        t_w = scaled_columns.percentiles(
-            self.scales, self.columns, self.sketch.values, p_w, classes
-        )
+        t_w = scaled_columns.percentiles(self.scales, self.columns, self.sketch, p_w, classes)
         t_a = [percentile_of_sorted(self.contribution_sorted[c], p_a) for c in classes]
         return t_w, self.contribution[classes] > np.array(t_a)[:, None]
 
