@@ -21,8 +21,13 @@ def reference(w, b, h, order, starts, counts, theta) -> np.ndarray:  # type: ign
     return out
 
 
+@pytest.mark.parametrize("compact", [0.0, 1.01])
 @pytest.mark.parametrize("k", [1, 4, 7, 12])
-def test_equals_numpy_for_every_tile_shape(k: int) -> None:
+def test_equals_numpy_for_every_tile_shape(
+    k: int, compact: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both paths: every class on all units (share 0), or on its kept units copied out (1.01)."""
+    monkeypatch.setattr(masked_products, "COMPACT_SHARE", compact)
     rng = np.random.default_rng(k)
     d = 37  # not a multiple of the vector width
     w = rng.normal(size=(k, d)).astype(np.float32)
