@@ -12,7 +12,9 @@ feature rows once, masks the weights in registers and accumulates 16 float32 dot
 (vectorised over the units, so the sums are split differently from a BLAS product: equal to
 float32 rounding). A class costs one pass over W per 4 of its samples, against the 2 ms a
 numpy mask-then-BLAS pass took per class (the (K, D) masked copy and a 13-row product that
-BLAS cannot block). The energy is numpy's float32 logsumexp (``ops.logsumexp``: shift and exp
+BLAS cannot block). When under COMPACT_SHARE of the units can contribute (in m^a_c, and θ
+below the unit's largest weight), their weights and features are copied out first and only
+they are multiplied. The energy is numpy's float32 logsumexp (``ops.logsumexp``: shift and exp
 in float32, sum in float64). Classes run on the shared pool's threads (the loops hold no GIL).
 
 The predicted class ĉ = argmax(W h̄ + b), h̄ = min(h, τ), needs a head pass per trial (τ moves).
