@@ -18,13 +18,15 @@ they are multiplied. The energy is numpy's float32 logsumexp (``ops.logsumexp``:
 in float32, sum in float64). Classes run on the shared pool's threads (the loops hold no GIL).
 
 The predicted class ĉ = argmax(W h̄ + b), h̄ = min(h, τ), needs a head pass per trial (τ moves).
-When few entries exceed τ, ``clipped_argmax`` instead subtracts the clip's share from logits
-computed once per study: W h̄ + b = (W h + b) − W (h − τ)⁺, one row of Wᵀ per entry above τ.
-Both are float32 evaluations of the same sum (equal to float32 rounding; a near-tie between two
-classes could resolve either way, as between any two float32 evaluations).
+``ClipAnchors`` instead corrects logits computed once per study at a nearby clip value (one row
+of Wᵀ per feature entry between the two clip values). Both are float32 evaluations of the same
+sum (equal to float32 rounding; a near-tie between two classes could resolve either way, as
+between any two float32 evaluations).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,9 +37,11 @@ from oodcache.search.parallel import parallel_map, workers
 #: and not wholly masked) are copied out, weights and features, before the products; above it the
 #: copy costs more than it saves (measured on 2 cores: 0.41 s against 0.51 s at a 35 % share)
 COMPACT_SHARE = 0.5
-#: largest share of feature entries above τ for which ``clipped_argmax`` subtracts the clip's
-#: share from cached logits (it costs about 1.4x a head pass per unit of share on 2 cores)
+#: largest share of feature entries between τ and the nearest clip anchor for which
+#: ``ClipAnchors.argmax`` corrects the anchor's logits (about 1.4x a head pass per unit of share
+#: on 2 cores); the anchors' quantiles of the feature entries (+inf is always an anchor)
 SPARSE_SHARE = 0.2
+ANCHOR_QUANTILES = (0.6, 0.75, 0.9)
 
 #: float flags for the dot products: reassociation lets the compiler vectorise the sums over
 #: units and fuse multiply-adds; no flag that assumes finite values (θ may be ±inf)
@@ -185,8 +189,9 @@ def _subtract1(row, e0, w0):
 
 
 @kernel
-def _clipped_argmax(logits, features, weight_t, tau, todo, out):
-    """out[i] = argmax(logits[i] − Σ_{j : h_ij > τ} (h_ij − τ)·Wᵀ[j]) for i in ``todo``."""
+def _clipped_argmax(logits, above, shift, features, weight_t, lo, hi, tau, todo, out):
+    """out[i] = argmax(logits[i] + shift·above[i] − Σ_{j : lo < h_ij <= hi} |h_ij − τ|·Wᵀ[j]) for
+    i in ``todo`` (``above`` unread when shift = 0)."""
     d = features.shape[1]
     row = np.empty(logits.shape[1], np.float32)
     units = np.empty(d, np.int64)
@@ -195,10 +200,12 @@ def _clipped_argmax(logits, features, weight_t, tau, todo, out):
         h = features[i]
         n = 0
         for j in range(d):
-            if h[j] > tau:
-                units[n], excess[n] = j, h[j] - tau
+            if lo < h[j] <= hi:
+                units[n], excess[n] = j, abs(h[j] - tau)
                 n += 1
         row[:] = logits[i]
+        if shift != 0:
+            row += shift * above[i]
         q = 0
         while q + 4 <= n:
             w0, w1 = weight_t[units[q]], weight_t[units[q + 1]]
@@ -210,27 +217,69 @@ def _clipped_argmax(logits, features, weight_t, tau, todo, out):
         out[i] = np.argmax(row)
 
 
-@kernel
-def _share_above(features, tau):
-    """The share of entries of ``features`` above ``tau``."""
-    above = 0
-    for x in features.ravel():
-        above += x > tau
-    return above / max(1, features.size)
+@dataclass(frozen=True)
+class ClipAnchors:
+    """One split's head logits at a few clip values τ_a (quantiles of its own feature entries),
+    for ĉ = argmax(W min(h, τ) + b) at any τ without a head pass:
 
+        W min(h, τ) + b = L_a + (τ − τ_a)·A_a − Σ_{j : h_j between τ_a and τ} |h_j − τ|·W[:, j]
 
-def clipped_argmax(
-    logits: np.ndarray, features: np.ndarray, weight_t: np.ndarray, tau: float
-) -> np.ndarray | None:
-    """(N,) argmax(W min(h, τ) + b) from ``logits`` = W h + b (float32, computed once), or None
-    when more than SPARSE_SHARE of the entries exceed τ (then one head pass is cheaper)."""
-    tau32 = np.float32(tau)
-    if _share_above(features, tau32) > SPARSE_SHARE:
-        return None
-    out = np.empty(len(features), np.int64)
-    parts = np.array_split(np.arange(len(features)), 4 * workers())
-    parallel_map(lambda part: _clipped_argmax(logits, features, weight_t, tau32, part, out), parts)
-    return out
+    with L_a = W min(h, τ_a) + b and A_a = W 1[h > τ_a] (float32, one product each, once per
+    study), and τ_a = +inf giving the unclipped logits (A = 0). The anchor with the fewest
+    entries between it and τ is used, one row of Wᵀ per such entry; when more than
+    SPARSE_SHARE of the entries lie between, one head pass is cheaper and ``argmax`` declines."""
+
+    taus: np.ndarray  # (A,) float32 ascending, then +inf
+    logits: tuple[np.ndarray, ...]  # L per anchor, (N, K) float32
+    above: tuple[np.ndarray, ...]  # A per finite anchor
+    sample: np.ndarray  # sorted sample of the entries (to count the entries between)
+
+    @classmethod
+    def build(
+        cls,
+        features: np.ndarray,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        quantiles: tuple[float, ...] = ANCHOR_QUANTILES,
+        sample_size: int = 65536,
+        seed: int = 0,
+    ) -> ClipAnchors:
+        h = np.asarray(features, np.float32)
+        w_t = np.asarray(weight, np.float32).T
+        b = np.asarray(bias, np.float32)
+        flat = h.ravel()
+        pick = np.random.default_rng(seed).choice(flat.size, min(sample_size, flat.size), False)
+        sample = np.sort(flat[pick]) if flat.size else np.zeros(1, np.float32)
+        taus = np.unique(np.quantile(sample, quantiles).astype(np.float32))
+        logits = [np.asarray(np.minimum(h, t) @ w_t + b, np.float32) for t in taus]
+        above = [np.asarray((h > t).astype(np.float32) @ w_t, np.float32) for t in taus]
+        logits.append(np.asarray(h @ w_t + b, np.float32))
+        return cls(np.append(taus, np.float32(np.inf)), tuple(logits), tuple(above), sample)
+
+    def argmax(self, features: np.ndarray, weight_t: np.ndarray, tau: float) -> np.ndarray | None:
+        """(N,) argmax(W min(h, τ) + b) of the split's ``features``, or None (see the class)."""
+        tau32 = np.float32(tau)
+        between = [self._share(min(tau32, t), max(tau32, t)) for t in self.taus]
+        best = int(np.argmin(between))
+        if between[best] > SPARSE_SHARE:
+            return None
+        anchor = self.taus[best]
+        finite = bool(np.isfinite(anchor))
+        shift = np.float32(tau32 - anchor) if finite else np.float32(0)
+        above = self.above[best] if finite else self.logits[best]  # unread when shift = 0
+        lo, hi = min(tau32, anchor), max(tau32, anchor)
+        out = np.empty(len(features), np.int64)
+        args = (self.logits[best], above, shift, features, weight_t, lo, hi, tau32)
+        parts = np.array_split(np.arange(len(features)), 4 * workers())
+        parallel_map(lambda part: _clipped_argmax(*args, part, out), parts)
+        return out
+
+    def _share(self, lo: float, hi: float) -> float:
+        """Estimated share of the entries in (lo, hi], from the sample."""
+        inside = np.searchsorted(self.sample, hi, "right") - np.searchsorted(
+            self.sample, lo, "right"
+        )
+        return float(inside) / self.sample.size
 
 
 def class_scores(

@@ -65,18 +65,22 @@ def test_parts_on_the_pool_change_nothing(monkeypatch: pytest.MonkeyPatch) -> No
     np.testing.assert_allclose(together, want, rtol=1e-6, atol=1e-6)
 
 
-def test_clipped_argmax_equals_the_clipped_head() -> None:
-    """ĉ from the unclipped logits less the clip's share equals argmax of the clipped head, and
-    is declined (None) when too many entries exceed τ."""
+def test_clip_anchors_give_the_clipped_head() -> None:
+    """ĉ from the anchors' logits, corrected for the entries between the anchor and τ, equals
+    argmax of the clipped head for τ below, between, on and above the anchors; it is declined
+    (None) when τ is far from every anchor."""
     rng = np.random.default_rng(5)
-    n, d, k = 300, 50, 21  # k not a multiple of 4, some samples with 0..7 entries above τ
+    n, d, k = 300, 50, 21  # k not a multiple of 4; samples with 0..many entries between
     h = rng.exponential(size=(n, d)).astype(np.float32)
     w = rng.normal(size=(k, d)).astype(np.float32)
     b = rng.normal(size=k).astype(np.float32)
-    logits = np.asarray(h @ w.T + b, np.float32)
-    tau = float(np.quantile(h, 0.9))
-    want = np.asarray(np.minimum(h, np.float32(tau)) @ w.T + b, np.float32).argmax(axis=1)
-    got = masked_products.clipped_argmax(logits, h, np.ascontiguousarray(w.T), tau)
-    assert got is not None
-    np.testing.assert_array_equal(got, want)
-    assert masked_products.clipped_argmax(logits, h, np.ascontiguousarray(w.T), 0.1) is None
+    anchors = masked_products.ClipAnchors.build(h, w, b)
+    assert len(anchors.taus) == 4 and np.isinf(anchors.taus[-1])
+    w_t = np.ascontiguousarray(w.T)
+    taus = [*anchors.taus[:-1], *np.quantile(h, [0.5, 0.7, 0.8, 0.85, 0.95, 0.999])]
+    for tau in taus:
+        want = np.asarray(np.minimum(h, np.float32(tau)) @ w.T + b, np.float32).argmax(axis=1)
+        got = anchors.argmax(h, w_t, float(tau))
+        assert got is not None, tau
+        np.testing.assert_array_equal(got, want, err_msg=f"tau={tau}")
+    assert anchors.argmax(h, w_t, float(h.min())) is None

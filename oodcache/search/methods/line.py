@@ -38,7 +38,7 @@ import optuna
 from oodcache.cache import Split
 from oodcache.search import scaled_columns
 from oodcache.search.base import PERCENT, CacheInfo, Scorer, Stats
-from oodcache.search.masked_products import class_scores, clipped_argmax
+from oodcache.search.masked_products import ClipAnchors, class_scores
 from oodcache.search.ops import (
     FloatArray,
     as_score,
@@ -172,12 +172,16 @@ class LINe(Scorer):
         return np.asarray(weight, np.float32) > theta, units[0]
 
     def predicted(self, split: Split, clipped: np.ndarray) -> np.ndarray:
-        """ĉ = argmax(W h̄ + b) of ``split`` (h̄ = ``clipped``): from its logits W h + b, kept on
-        a prepared split, less the clip's share when few entries exceed τ
-        (``masked_products.clipped_argmax``); else by one head pass."""
+        """ĉ = argmax(W h̄ + b) of ``split`` (h̄ = ``clipped``): on a prepared split, from its
+        logits at a nearby clip value, kept for the study (``masked_products.ClipAnchors``);
+        else, or when τ is far from every anchor, by one head pass."""
         if split.tables is not None:
-            logits = derive(split, "line head logits", lambda: split.head(split.features))
-            pred = clipped_argmax(logits, split.features, self.tables_.weight_t, self.tau_)
+            anchors = derive(
+                split,
+                "line clip anchors",
+                lambda: ClipAnchors.build(split.features, split.weight, split.bias),
+            )
+            pred = anchors.argmax(split.features, self.tables_.weight_t, self.tau_)
             if pred is not None:
                 return pred
         return np.asarray(clipped @ split.weight.T + split.bias, np.float32).argmax(axis=1)
