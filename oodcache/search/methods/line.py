@@ -14,13 +14,16 @@ has no ``train`` split); τ = ``clip_percentile``-th percentile of ID-val featur
 Space: clip_percentile in [50, 99.9], p_w and p_a in [0, 99]. Masks are built per predicted class
 only (never a K×K×D tensor): M^w_c from float64 products, exactly; the clipped features, the
 masked weights and the logits are float32 (as the network). Deviations: none.
-Cost per trial (all scored splits together, ``score_all``): one head pass for ĉ; perc_{p_w}
-over each class's K·D products by exact selection (``oodcache.search.scaled_columns``: W's
-columns sorted once per study, a sampled sketch per class, exact counts by binary search) instead
-of a fresh K·D percentile, and perc_{p_a} from C's rows sorted once per study, both equal to
-np.percentile bit for bit (tests/search/test_scaled_columns.py); M^w_c as one float32 threshold
-per unit (W[k, j] > θ_cj ⟺ |C[j, c]|·W[k, j] > t_w, exactly; θ_cj = +inf outside m^a_c); then
-the masked products and their energy class by class in compiled loops that mask W in registers
+Cost per trial (all scored splits together, ``score_all``): ĉ from each split's logits at the
+nearest of a few clip values, kept for the study, corrected for the entries between that value
+and τ (``masked_products.ClipAnchors``; one head pass when τ is far from all of them);
+perc_{p_w} over each class's K·D products by exact selection (``oodcache.search.scaled_columns``:
+W's columns sorted once per study, a sampled sketch per class with exact per-column counts at
+every 256th sample value, exact counts by binary search) instead of a fresh K·D percentile,
+and perc_{p_a} from C's rows sorted once per study, both equal to np.percentile bit for bit
+(tests/search/test_scaled_columns.py); M^w_c as one float32 threshold per unit (W[k, j] > θ_cj
+⟺ |C[j, c]|·W[k, j] > t_w, exactly; θ_cj = +inf outside m^a_c); then the masked products and
+their energy class by class in compiled loops that mask W in registers
 (``oodcache.search.masked_products``). The logits' float32 sums are split differently from a
 per-class BLAS product: equal to float32 rounding.
 """
