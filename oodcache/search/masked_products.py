@@ -42,6 +42,9 @@ COMPACT_SHARE = 0.5
 #: on 2 cores); the anchors' quantiles of the feature entries (+inf is always an anchor)
 SPARSE_SHARE = 0.2
 ANCHOR_QUANTILES = (0.6, 0.75, 0.9)
+#: largest memory for one split's anchors (2 (N, K) float32 arrays per finite anchor, 1 more);
+#: a larger split clips by one head pass per trial
+ANCHOR_BYTES = 2 << 30
 
 #: float flags for the dot products: reassociation lets the compiler vectorise the sums over
 #: units and fuse multiply-adds; no flag that assumes finite values (θ may be ±inf)
@@ -255,6 +258,12 @@ class ClipAnchors:
         above = [np.asarray((h > t).astype(np.float32) @ w_t, np.float32) for t in taus]
         logits.append(np.asarray(h @ w_t + b, np.float32))
         return cls(np.append(taus, np.float32(np.inf)), tuple(logits), tuple(above), sample)
+
+    @staticmethod
+    def fits(rows: int, classes: int) -> bool:
+        """Whether the anchors of a split of ``rows`` samples and ``classes`` logits stay within
+        ANCHOR_BYTES."""
+        return (2 * len(ANCHOR_QUANTILES) + 1) * rows * classes * 4 <= ANCHOR_BYTES
 
     def argmax(self, features: np.ndarray, weight_t: np.ndarray, tau: float) -> np.ndarray | None:
         """(N,) argmax(W min(h, τ) + b) of the split's ``features``, or None (see the class)."""

@@ -176,9 +176,9 @@ class LINe(Scorer):
 
     def predicted(self, split: Split, clipped: np.ndarray) -> np.ndarray:
         """ĉ = argmax(W h̄ + b) of ``split`` (h̄ = ``clipped``): on a prepared split, from its
-        logits at a nearby clip value, kept for the study (``masked_products.ClipAnchors``);
-        else, or when τ is far from every anchor, by one head pass."""
-        if split.tables is not None:
+        logits at a nearby clip value, kept for the study (``masked_products.ClipAnchors``, up
+        to 2 GiB per split); else, or when τ is far from every anchor, by one head pass."""
+        if split.tables is not None and ClipAnchors.fits(split.n, len(split.bias)):
             anchors = derive(
                 split,
                 "line clip anchors",
