@@ -33,8 +33,6 @@ from oodcache.search.ops import percentile_of_order_statistics, percentile_ranks
 from oodcache.search.parallel import parallel_map, workers
 
 F32_MAX = np.float32(np.finfo(np.float32).max)
-_INF32 = np.float32(np.inf)
-_DOWN = np.float32(-np.inf)
 
 #: largest bracket (entries) formed and sorted; wider ones are bisected first
 BAND = 4096
