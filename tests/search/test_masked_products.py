@@ -42,7 +42,9 @@ def test_equals_numpy_for_every_tile_shape(
     theta[2, ::3] = np.inf  # units outside the unit mask
     got = class_scores(w, b, h, order, starts, counts, theta)
     want = reference(w, b, h, order, starts, counts, theta)
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        got, want, rtol=1e-5, atol=1e-6
+    )  # float32 sums, order by vector width
     start, n = starts[0], counts[0]
     only_bias = got[order[start : start + n]]  # float32 exp: numpy's and libm's differ by an ulp
     np.testing.assert_allclose(only_bias, logsumexp(b[None, :]), rtol=1e-7)
@@ -62,7 +64,9 @@ def test_parts_on_the_pool_change_nothing(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(masked_products, "workers", lambda: 1)
     np.testing.assert_array_equal(class_scores(w, b, h, order, starts, counts, theta), together)
     want = reference(w, b, h, order, starts, counts, theta)
-    np.testing.assert_allclose(together, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        together, want, rtol=1e-5, atol=1e-6
+    )  # float32 sums, order by vector width
 
 
 def test_clip_anchors_give_the_clipped_head() -> None:
